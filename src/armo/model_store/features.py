@@ -1,0 +1,206 @@
+"""Conversation → token ids with the prompt boundary → (response feature, prompt feature) in one forward pass.
+
+The prompt boundary is measured from the chat template itself: the conversation rendered without the response
+is a prefix of the one rendered with it, and the prompt feature is read at the last non-whitespace token of that
+prefix — the end-of-turn token of the last user turn (`<|eot_id|>` for Llama-3, `<|im_end|>` for ChatML).
+No token pattern is searched for, so there is no "pattern not found".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from armo.model_store.backbone import Backbone
+from armo.model_store.errors import InputError, InputTooLongError
+
+Message = Mapping[str, str]
+ROLES = ("system", "user", "assistant")
+PaddingSide = Literal["left", "right"]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One templated (conversation, response), ready for the backbone."""
+
+    input_ids: tuple[int, ...]
+    prompt_index: int  # position of the end-of-turn token of the last user turn
+    response_tokens: int  # tokens after the prompt boundary (response + its end-of-turn token)
+    truncated: bool  # tokens were dropped from the start of the conversation
+
+    @property
+    def length(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class Features:
+    response: Tensor  # [B, d] hidden state at the last real token (end-of-turn after the response)
+    prompt: Tensor  # [B, d] hidden state at the end-of-turn token of the last user turn
+
+
+def validate_conversation(messages: Sequence[Message], response: str) -> None:
+    """Raise InputError naming the field for anything the template cannot faithfully render."""
+    if not messages:
+        raise InputError("messages must contain at least one user turn", field="messages")
+    for i, m in enumerate(messages):
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            raise InputError(f"role must be one of {', '.join(ROLES)}, got {role!r}", field=f"messages[{i}].role")
+        if role == "system" and i != 0:
+            raise InputError("a system message is only allowed first", field=f"messages[{i}].role")
+        if not isinstance(content, str) or not content.strip():
+            raise InputError("content must be a non-empty string", field=f"messages[{i}].content")
+    if messages[-1].get("role") != "user":
+        raise InputError("the conversation must end with a user turn", field=f"messages[{len(messages) - 1}].role")
+    if not isinstance(response, str) or not response.strip():
+        raise InputError("response must be a non-empty string", field="response")
+
+
+def _is_blank(tokenizer: PreTrainedTokenizerBase, token_id: int) -> bool:
+    return tokenizer.decode([token_id]).strip() == ""
+
+
+def _last_nonblank(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> int:
+    i = len(ids) - 1
+    while i > 0 and _is_blank(tokenizer, ids[i]):
+        i -= 1
+    return i
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> str:
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=False)
+    assert isinstance(text, str)
+    return text
+
+
+def _tokenize(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    # The template already wrote any BOS it wants into the text; never let the tokenizer add another one.
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> tuple[str, list[int], int]:
+    """(prompt text, prompt ids, index of the prompt boundary token). Shared by every response to the prompt."""
+    prompt_text = _render(tokenizer, messages)
+    prompt_ids = _tokenize(tokenizer, prompt_text)
+    if not prompt_ids:
+        raise InputError("the chat template rendered an empty prompt", field="messages")
+    return prompt_text, prompt_ids, _last_nonblank(tokenizer, prompt_ids)
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[Message],
+    response: str,
+    *,
+    max_length: int,
+    truncate: bool = True,
+) -> Encoded:
+    """Template, tokenize and (if needed) left-truncate one conversation + response.
+
+    Truncation drops tokens from the start of the conversation (keeping a leading BOS), never the prompt
+    boundary or the response; a response that alone does not fit is an InputTooLongError on `response`.
+    """
+    validate_conversation(messages, response)
+    prompt_text, prompt_ids, prompt_index = encode_prompt(tokenizer, messages)
+    full_text = _render(tokenizer, [*messages, {"role": "assistant", "content": response}])
+    if not full_text.startswith(prompt_text):
+        raise InputError("the chat template does not render the prompt as a prefix of the conversation", field="messages")
+    # Tokenising the two segments separately keeps the prompt ids identical to the prompt-only rendering
+    # (templates end the prompt on a special token, so no BPE merge crosses the boundary anyway).
+    ids = prompt_ids + _tokenize(tokenizer, full_text[len(prompt_text) :])
+    ids = ids[: _last_nonblank(tokenizer, ids) + 1]  # end on the end-of-turn token, drop the trailing newline
+    response_tokens = len(ids) - 1 - prompt_index
+    truncated = False
+    if len(ids) > max_length:
+        if not truncate:
+            raise InputTooLongError(
+                f"conversation + response is {len(ids)} tokens, over the limit of {max_length} (truncate=false)",
+                field="messages",
+            )
+        bos = tokenizer.bos_token_id
+        head = ids[:1] if bos is not None and ids[0] == bos else []
+        keep = max_length - len(head)
+        if len(ids) - prompt_index > keep:
+            raise InputTooLongError(
+                f"the response alone is {response_tokens} tokens; with the prompt boundary it exceeds the limit "
+                f"of {max_length} tokens",
+                field="response",
+            )
+        dropped = len(ids) - len(head) - keep
+        ids = head + ids[len(ids) - keep :]
+        prompt_index -= dropped
+        truncated = True
+    return Encoded(tuple(ids), prompt_index, response_tokens, truncated)
+
+
+def _pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0  # unreachable; keeps the type checker happy
+
+
+@torch.inference_mode()
+def extract(backbone: Backbone, batch: Sequence[Encoded], padding_side: PaddingSide = "right") -> Features:
+    """One forward pass over a padded batch; features are gathered with the attention mask, not 'last position'.
+
+    Position ids are derived from the mask so that left and right padding give the same features.
+    """
+    width = max(e.length for e in batch)
+    pad = _pad_token_id(backbone.tokenizer)
+    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    last = torch.empty(len(batch), dtype=torch.long)
+    boundary = torch.empty(len(batch), dtype=torch.long)
+    for row, e in enumerate(batch):
+        start = width - e.length if padding_side == "left" else 0
+        input_ids[row, start : start + e.length] = torch.tensor(e.input_ids)
+        mask[row, start : start + e.length] = 1
+        last[row] = start + e.length - 1
+        boundary[row] = start + e.prompt_index
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    device = backbone.device
+    out = backbone.model(
+        input_ids=input_ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=positions.to(device),
+        use_cache=False,
+    )
+    hidden = out.last_hidden_state.float()  # [B, T, d]
+    rows = torch.arange(len(batch), device=device)
+    return Features(response=hidden[rows, last.to(device)], prompt=hidden[rows, boundary.to(device)])
+
+
+def extract_many(
+    backbone: Backbone,
+    encoded: Sequence[Encoded],
+    *,
+    max_batch_tokens: int = 8192,
+    max_batch_size: int = 64,
+    padding_side: PaddingSide = "right",
+    on_batch: Callable[[int], None] | None = None,
+) -> Features:
+    """Length-sorted batches under a padded-token budget; results come back in input order."""
+    order = sorted(range(len(encoded)), key=lambda i: encoded[i].length)
+    response = torch.empty((len(encoded), backbone.hidden_size))
+    prompt = torch.empty((len(encoded), backbone.hidden_size))
+    i = 0
+    while i < len(order):
+        j = i + 1
+        # Sorted ascending, so the padded cost of [i, j) is (j - i) * length of the last one.
+        while j < len(order) and j - i < max_batch_size and (j - i + 1) * encoded[order[j]].length <= max_batch_tokens:
+            j += 1
+        idx = order[i:j]
+        feats = extract(backbone, [encoded[k] for k in idx], padding_side)
+        response[idx] = feats.response.cpu()
+        prompt[idx] = feats.prompt.cpu()
+        if on_batch is not None:
+            on_batch(len(idx))
+        i = j
+    return Features(response=response, prompt=prompt)

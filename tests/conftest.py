@@ -93,3 +93,38 @@ def tiny_store(tmp_path: Path, tiny_backbone: Backbone) -> ModelStore:
     manifest, head = make_artifact(tiny_backbone)
     store.publish(manifest, head)
     return store
+
+
+LLAMA3_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
+    " + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, embedded_backbone: Backbone) -> Path:
+    """A Llama-3-style tokenizer: the template writes `<|begin_of_text|>` AND the tokenizer's post-processor adds
+    it too (as Llama-3's does), the classic duplicated-BOS trap; `<|eot_id|>` ends turns."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    d = tmp_path_factory.mktemp("llama3-tokenizer")
+    embedded_backbone.tokenizer.save_pretrained(d)
+    tok = AutoTokenizer.from_pretrained(d)
+    tok.add_special_tokens(
+        {
+            "bos_token": "<|begin_of_text|>",
+            "eos_token": "<|eot_id|>",
+            "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        }
+    )
+    bos = tok.convert_tokens_to_ids("<|begin_of_text|>")
+    tok._tokenizer.post_processor = TemplateProcessing(
+        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B", special_tokens=[("<|begin_of_text|>", bos)]
+    )
+    tok.chat_template = LLAMA3_TEMPLATE
+    tok.save_pretrained(d)
+    return d

@@ -120,7 +120,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _local_revision(directory: Path) -> str:
+def local_revision(directory: Path) -> str:
     """A cheap content identity of a local checkpoint: hash of config.json plus weight file names and sizes.
 
     Hashing 16 GB of 8B weights on every start would cost minutes; names+sizes+config catch the usual mix-ups.
@@ -136,7 +136,7 @@ def _local_revision(directory: Path) -> str:
 
 
 def _finish(model: PreTrainedModel, device: str) -> PreTrainedModel:
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers' stub types `to` oddly
     model.eval()
     model.requires_grad_(False)
     return model
@@ -163,7 +163,7 @@ def load_backbone(
         ident = EMBEDDED_ID
     elif Path(spec).is_dir():
         directory = Path(spec)
-        revision = _local_revision(directory)
+        revision = local_revision(directory)
         ident = str(directory.resolve())
     else:  # a hub id: only for users who have network
         config = AutoConfig.from_pretrained(spec)

@@ -63,7 +63,7 @@ def validate_conversation(messages: Sequence[Message], response: str) -> None:
 
 
 def _is_blank(tokenizer: PreTrainedTokenizerBase, token_id: int) -> bool:
-    return tokenizer.decode([token_id]).strip() == ""
+    return str(tokenizer.decode([token_id])).strip() == ""
 
 
 def _last_nonblank(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> int:
@@ -74,7 +74,8 @@ def _last_nonblank(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> in
 
 
 def _render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> str:
-    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=False)
+    conversation = [dict(m) for m in messages]
+    text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=False)
     assert isinstance(text, str)
     return text
 
@@ -110,7 +111,9 @@ def encode(
     prompt_text, prompt_ids, prompt_index = encode_prompt(tokenizer, messages)
     full_text = _render(tokenizer, [*messages, {"role": "assistant", "content": response}])
     if not full_text.startswith(prompt_text):
-        raise InputError("the chat template does not render the prompt as a prefix of the conversation", field="messages")
+        raise InputError(
+            "the chat template does not render the prompt as a prefix of the conversation", field="messages"
+        )
     # Tokenising the two segments separately keeps the prompt ids identical to the prompt-only rendering
     # (templates end the prompt on a special token, so no BPE merge crosses the boundary anyway).
     ids = prompt_ids + _tokenize(tokenizer, full_text[len(prompt_text) :])
@@ -139,11 +142,14 @@ def encode(
     return Encoded(tuple(ids), prompt_index, response_tokens, truncated)
 
 
-def _pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if candidate is not None:
+def _pad_token_id(backbone: Backbone) -> int:
+    """Any id the embedding can look up: padded positions are masked out, so the value never matters —
+    but e.g. ArmoRM's pad id 128256 may lie outside the embedding table of a backbone loaded without it."""
+    vocab = backbone.model.get_input_embeddings().num_embeddings
+    for candidate in (backbone.tokenizer.pad_token_id, backbone.tokenizer.eos_token_id):
+        if candidate is not None and 0 <= candidate < vocab:
             return int(candidate)
-    return 0  # unreachable; keeps the type checker happy
+    return 0
 
 
 @torch.inference_mode()
@@ -153,7 +159,7 @@ def extract(backbone: Backbone, batch: Sequence[Encoded], padding_side: PaddingS
     Position ids are derived from the mask so that left and right padding give the same features.
     """
     width = max(e.length for e in batch)
-    pad = _pad_token_id(backbone.tokenizer)
+    pad = _pad_token_id(backbone)
     input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     last = torch.empty(len(batch), dtype=torch.long)

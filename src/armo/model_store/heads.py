@@ -53,9 +53,7 @@ class GatingNetwork(nn.Module):
         super().__init__()
         self.config = config
         dims = [in_features] + [config.hidden_dim] * config.n_hidden + [n_objectives]
-        self.layers = nn.ModuleList(
-            nn.Linear(a, b, bias=config.bias) for a, b in zip(dims[:-1], dims[1:], strict=True)
-        )
+        self.layers = nn.ModuleList(nn.Linear(a, b, bias=config.bias) for a, b in zip(dims[:-1], dims[1:], strict=True))
         self.logit_scale = nn.Parameter(torch.full((1,), float(config.logit_scale_init)))
         self.dropout = nn.Dropout(config.dropout)
 

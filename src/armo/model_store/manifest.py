@@ -7,7 +7,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from armo.model_store.heads import GatingConfig
 
@@ -61,6 +61,14 @@ class Manifest(_Strict):
     training_data: dict[str, str] = Field(default_factory=dict)  # data file name -> sha256
     metrics: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict)  # relative file name -> sha256 (all but the manifest)
+
+    @field_validator("objectives")
+    @classmethod
+    def _unique_names(cls, objectives: tuple[Objective, ...]) -> tuple[Objective, ...]:
+        names = [o.name for o in objectives]
+        if len(set(names)) != len(names) or not names:
+            raise ValueError(f"objective names must be non-empty and unique, got {names}")
+        return objectives
 
     @property
     def objective_names(self) -> list[str]:

@@ -93,7 +93,9 @@ class RewardModel:
         self.config = config or ScoringConfig(max_length=manifest.backbone.max_length)
         self.objectives = manifest.objective_names
         self._index = {name: i for i, name in enumerate(self.objectives)}
-        self._rules = [(i, o.rule or o.name, o.offset, o.scale) for i, o in enumerate(manifest.objectives) if o.kind == "rule"]
+        self._rules = [
+            (i, o.rule or o.name, o.offset, o.scale) for i, o in enumerate(manifest.objectives) if o.kind == "rule"
+        ]
         for _, name, _, _ in self._rules:
             if name not in rules.RULES:
                 raise ArtifactError(f"manifest.json: unknown rule {name!r}", field="objectives")
@@ -126,7 +128,9 @@ class RewardModel:
 
     def prepare(self, item: ScoreItem, *, truncate: bool = True, steering: Steering | None = None) -> Prepared:
         self.validate_steering(steering)
-        enc = encode(self.backbone.tokenizer, item.messages, item.response, max_length=self.config.max_length, truncate=truncate)
+        enc = encode(
+            self.backbone.tokenizer, item.messages, item.response, max_length=self.config.max_length, truncate=truncate
+        )
         return Prepared(item, enc, steering)
 
     # -- worker path --------------------------------------------------------------------------------------
@@ -181,7 +185,12 @@ class RewardModel:
         gating = self.head.gating(self.head.gating_input(p, h))
         weights = self._steered_weights(batch, gating) if any(x.steering for x in batch) else None
         ex = self.head.explain(h, p, rv, weights=weights)
-        return Explanation(*(t.float().cpu() for t in (ex.rewards, ex.debiased, ex.weights, ex.contributions, ex.score, ex.verbosity_penalty)))
+        return Explanation(
+            *(
+                t.float().cpu()
+                for t in (ex.rewards, ex.debiased, ex.weights, ex.contributions, ex.score, ex.verbosity_penalty)
+            )
+        )
 
     def forward(self, batch: Sequence[Prepared]) -> Explanation:
         return self.forward_features(batch, self.features(batch))
@@ -201,7 +210,12 @@ class RewardModel:
         return out
 
     def score(
-        self, items: Sequence[ScoreItem], *, steering: Steering | None = None, truncate: bool = True, detail: bool = False
+        self,
+        items: Sequence[ScoreItem],
+        *,
+        steering: Steering | None = None,
+        truncate: bool = True,
+        detail: bool = False,
     ) -> list[ItemResult]:
         """Convenience for in-process callers (training, evaluation, benchmarks)."""
         batch = [self.prepare(it, truncate=truncate, steering=steering) for it in items]

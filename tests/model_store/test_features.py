@@ -1,0 +1,149 @@
+"""Prompt boundary, truncation and batch invariance of feature extraction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from armo.model_store.backbone import Backbone
+from armo.model_store.errors import InputError, InputTooLongError
+from armo.model_store.features import encode, extract, extract_many
+
+USER = {"role": "user", "content": "What is the capital of France?"}
+SYSTEM = {"role": "system", "content": "You answer in one sentence."}
+THREE_TURNS = [
+    SYSTEM,
+    {"role": "user", "content": "Name a fruit."},
+    {"role": "assistant", "content": "Apple."},
+    {"role": "user", "content": "Another one?"},
+    {"role": "assistant", "content": "Banana."},
+    {"role": "user", "content": "And a vegetable?"},
+]
+CONVERSATIONS = {"no_system": [USER], "system": [SYSTEM, USER], "three_turns": THREE_TURNS}
+
+
+def _generation_prompt_ids(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return list(tok(text, add_special_tokens=False)["input_ids"])
+
+
+@pytest.mark.parametrize("name", sorted(CONVERSATIONS))
+def test_prompt_boundary_is_last_user_end_of_turn(embedded_backbone: Backbone, name: str) -> None:
+    tok = embedded_backbone.tokenizer
+    messages = CONVERSATIONS[name]
+    e = encode(tok, messages, "Paris is the capital.", max_length=512)
+    ids = list(e.input_ids)
+    # The boundary token is the end-of-turn token closing the last user turn …
+    assert tok.convert_ids_to_tokens(ids[e.prompt_index]) == "<|im_end|>"
+    # … and everything up to it is exactly the prompt the model would generate from (minus the assistant header).
+    gen = _generation_prompt_ids(tok, messages)
+    assert ids[: e.prompt_index + 1] == gen[: e.prompt_index + 1]
+    assert tok.decode(gen[e.prompt_index + 1 :]).strip() == "<|im_start|>assistant"
+    # The last user turn's text ends right before the boundary.
+    assert tok.decode(ids[: e.prompt_index]).endswith(messages[-1]["content"])
+    # The sequence ends on the end-of-turn token after the response (no trailing newline).
+    assert tok.convert_ids_to_tokens(ids[-1]) == "<|im_end|>"
+    assert tok.decode(ids[e.prompt_index + 1 :]).count("Paris is the capital.") == 1
+    assert not e.truncated
+
+
+def test_template_that_adds_bos_gives_exactly_one_bos(llama3_tokenizer_dir: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(llama3_tokenizer_dir)
+    bos = tok.bos_token_id
+    assert tok("x")["input_ids"][0] == bos  # this tokenizer adds BOS itself, like Llama-3's …
+    assert tok.apply_chat_template([USER], tokenize=False).startswith("<|begin_of_text|>")  # … and so does its template
+    for messages in CONVERSATIONS.values():
+        e = encode(tok, messages, "Paris.", max_length=512)
+        assert list(e.input_ids).count(bos) == 1 and e.input_ids[0] == bos
+        assert tok.convert_ids_to_tokens(e.input_ids[e.prompt_index]) == "<|eot_id|>"
+        header = tok.decode(list(e.input_ids[e.prompt_index + 1 : e.prompt_index + 4]))
+        assert header.startswith("<|start_header_id|>assistant")
+        assert tok.convert_ids_to_tokens(e.input_ids[-1]) == "<|eot_id|>"
+
+
+def test_truncation_drops_the_start_never_the_response(embedded_backbone: Backbone) -> None:
+    tok = embedded_backbone.tokenizer
+    long_prompt = [{"role": "user", "content": "filler " * 300 + "Final question: why?"}]
+    full = encode(tok, long_prompt, "Because it is so.", max_length=4096)
+    cut = encode(tok, long_prompt, "Because it is so.", max_length=64)
+    assert cut.truncated and not full.truncated
+    assert cut.length == 64
+    assert cut.input_ids[-(full.length - full.prompt_index) :] == full.input_ids[full.prompt_index :]
+    assert cut.input_ids[cut.prompt_index] == full.input_ids[full.prompt_index]
+    assert cut.response_tokens == full.response_tokens
+
+
+def test_response_alone_too_long_is_an_error_naming_the_response(embedded_backbone: Backbone) -> None:
+    with pytest.raises(InputTooLongError) as info:
+        encode(embedded_backbone.tokenizer, [USER], "word " * 200, max_length=64)
+    assert info.value.field == "response" and "64" in info.value.message
+
+
+def test_no_truncation_requested_is_an_error(embedded_backbone: Backbone) -> None:
+    with pytest.raises(InputTooLongError) as info:
+        encode(
+            embedded_backbone.tokenizer, [{"role": "user", "content": "a " * 200}], "ok", max_length=64, truncate=False
+        )
+    assert info.value.field == "messages"
+
+
+@pytest.mark.parametrize(
+    ("messages", "response", "field"),
+    [
+        ([], "x", "messages"),
+        ([{"role": "robot", "content": "hi"}], "x", "messages[0].role"),
+        ([{"role": "user", "content": "  "}], "x", "messages[0].content"),
+        ([USER, {"role": "assistant", "content": "Paris"}], "x", "messages[1].role"),
+        ([USER, SYSTEM], "x", "messages[1].role"),
+        ([USER], "", "response"),
+    ],
+)
+def test_invalid_conversations_name_the_field(
+    tiny_backbone: Backbone, messages: list[dict[str, str]], response: str, field: str
+) -> None:
+    with pytest.raises(InputError) as info:
+        encode(tiny_backbone.tokenizer, messages, response, max_length=128)
+    assert info.value.field == field
+
+
+def _mixed_batch(tok: PreTrainedTokenizerBase) -> list:  # type: ignore[type-arg]
+    responses = ["Paris.", "The capital of France is Paris, a city on the Seine. " * 4, "Paris, of course!"]
+    return [encode(tok, m, r, max_length=512) for m, r in zip(CONVERSATIONS.values(), responses, strict=True)]
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    # fp32 kernels over different padded shapes reorder sums: equal to ≤1e-5 relative to the feature scale.
+    return bool((a - b).abs().max() <= 1e-5 * max(1.0, float(a.abs().max())))
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_batch_invariance_embedded(embedded_backbone: Backbone, padding_side: str) -> None:
+    batch = _mixed_batch(embedded_backbone.tokenizer)
+    assert len({e.length for e in batch}) == 3
+    together = extract(embedded_backbone, batch, padding_side)  # type: ignore[arg-type]
+    for i, e in enumerate(batch):
+        alone = extract(embedded_backbone, [e])
+        assert _close(alone.response[0], together.response[i])
+        assert _close(alone.prompt[0], together.prompt[i])
+    # and the features differ between rows (the test would pass vacuously otherwise)
+    assert not _close(together.response[0], together.response[1])
+
+
+def test_extract_many_restores_order_and_matches(tiny_backbone: Backbone) -> None:
+    batch = _mixed_batch(tiny_backbone.tokenizer) * 3
+    many = extract_many(tiny_backbone, batch, max_batch_tokens=300, max_batch_size=4)
+    for i, e in enumerate(batch):
+        alone = extract(tiny_backbone, [e])
+        assert _close(alone.response[0], many.response[i])
+        assert _close(alone.prompt[0], many.prompt[i])
+
+
+def test_prompt_feature_depends_on_prompt_only(tiny_backbone: Backbone) -> None:
+    tok = tiny_backbone.tokenizer
+    a = extract(tiny_backbone, [encode(tok, [USER], "Paris.", max_length=128)])
+    b = extract(tiny_backbone, [encode(tok, [USER], "Lyon, obviously, is the answer.", max_length=128)])
+    assert _close(a.prompt[0], b.prompt[0])
+    assert not _close(a.response[0], b.response[0])

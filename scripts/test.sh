@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check src tests loadtests
-.venv/bin/ruff format --check src tests loadtests
+.venv/bin/ruff check src tests loadtests benchmarks
+.venv/bin/ruff format --check src tests loadtests benchmarks
 .venv/bin/mypy
 .venv/bin/pytest "$@"

@@ -147,3 +147,28 @@ def test_prompt_feature_depends_on_prompt_only(tiny_backbone: Backbone) -> None:
     b = extract(tiny_backbone, [encode(tok, [USER], "Lyon, obviously, is the answer.", max_length=128)])
     assert _close(a.prompt[0], b.prompt[0])
     assert not _close(a.response[0], b.response[0])
+
+
+@pytest.mark.parametrize("backbone_name", ["tiny_backbone", "embedded_backbone"])
+def test_shared_prompt_path_equals_full_passes(request: pytest.FixtureRequest, backbone_name: str) -> None:
+    backbone: Backbone = request.getfixturevalue(backbone_name)
+    tok = backbone.tokenizer
+    responses = ["Paris.", "It is Paris, the largest city of France. " * 3, "Lyon? No: Paris.", "Paris!"]
+    other = encode(tok, [SYSTEM, USER], "Paris.", max_length=512)
+    batch = [encode(tok, THREE_TURNS, r, max_length=512) for r in responses] + [other]
+    assert len({e.input_ids[: e.prefix_length] for e in batch[:4]}) == 1 and batch[0].prefix_length > 0
+    shared = extract_many(backbone, batch, max_batch_tokens=120, max_batch_size=2)  # several response chunks
+    plain = extract_many(backbone, batch, share_prompts=False)
+    for i, e in enumerate(batch):
+        alone = extract(backbone, [e])
+        assert _close(alone.response[0], shared.response[i]) and _close(alone.prompt[0], shared.prompt[i])
+        assert _close(alone.response[0], plain.response[i])
+
+
+def test_truncated_sequences_are_not_shared(tiny_backbone: Backbone) -> None:
+    tok = tiny_backbone.tokenizer
+    long = [{"role": "user", "content": "filler " * 100}]
+    a, b = (encode(tok, long, r, max_length=64) for r in ("short", "a longer answer than the first one"))
+    assert a.truncated and b.truncated and a.prefix_length == b.prefix_length == 0
+    feats = extract_many(tiny_backbone, [a, b])
+    assert _close(feats.response[1], extract(tiny_backbone, [b]).response[0])

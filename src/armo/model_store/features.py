@@ -8,6 +8,8 @@ No token pattern is searched for, so there is no "pattern not found".
 
 from __future__ import annotations
 
+import copy
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -32,6 +34,9 @@ class Encoded:
     prompt_index: int  # position of the end-of-turn token of the last user turn
     response_tokens: int  # tokens after the prompt boundary (response + its end-of-turn token)
     truncated: bool  # tokens were dropped from the start of the conversation
+    # Length of the prompt rendering every response to this prompt starts with (0 when truncated: then the
+    # kept prefix depends on the response length and cannot be shared).
+    prefix_length: int = 0
 
     @property
     def length(self) -> int:
@@ -139,7 +144,7 @@ def encode(
         ids = head + ids[len(ids) - keep :]
         prompt_index -= dropped
         truncated = True
-    return Encoded(tuple(ids), prompt_index, response_tokens, truncated)
+    return Encoded(tuple(ids), prompt_index, response_tokens, truncated, 0 if truncated else len(prompt_ids))
 
 
 def _pad_token_id(backbone: Backbone) -> int:
@@ -183,6 +188,61 @@ def extract(backbone: Backbone, batch: Sequence[Encoded], padding_side: PaddingS
     return Features(response=hidden[rows, last.to(device)], prompt=hidden[rows, boundary.to(device)])
 
 
+def _chunks(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:
+    """Indices sorted by length, cut into batches whose padded size (rows × longest) fits the token budget."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    chunks: list[list[int]] = []
+    i = 0
+    while i < len(order):
+        j = i + 1
+        # Sorted ascending, so the padded cost of [i, j) is (j - i) * length of the last one.
+        while j < len(order) and j - i < max_batch_size and (j - i + 1) * lengths[order[j]] <= max_batch_tokens:
+            j += 1
+        chunks.append(order[i:j])
+        i = j
+    return chunks
+
+
+@torch.inference_mode()
+def extract_shared(
+    backbone: Backbone, group: Sequence[Encoded], *, max_batch_tokens: int = 8192, max_batch_size: int = 64
+) -> Features:
+    """Several responses to ONE prompt: the prompt runs once, its key/value cache is reused by every response.
+
+    Exact up to float reordering: attention over the cached prefix computes the same thing as the full pass.
+    """
+    n_prefix = group[0].prefix_length
+    assert n_prefix and all(e.input_ids[:n_prefix] == group[0].input_ids[:n_prefix] for e in group)
+    device = backbone.device
+    out = backbone.model(input_ids=torch.tensor([group[0].input_ids[:n_prefix]], device=device), use_cache=True)
+    cache = out.past_key_values
+    prompt = out.last_hidden_state[0, group[0].prompt_index].float().cpu().expand(len(group), -1).clone()
+    response = torch.empty((len(group), backbone.hidden_size))
+    suffixes = [e.input_ids[n_prefix:] for e in group]
+    pad = _pad_token_id(backbone)
+    for idx in _chunks([len(s) for s in suffixes], max_batch_tokens, max_batch_size):
+        width = max(len(suffixes[k]) for k in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), n_prefix + width), dtype=torch.long)
+        mask[:, :n_prefix] = 1
+        for row, k in enumerate(idx):
+            ids[row, : len(suffixes[k])] = torch.tensor(suffixes[k])
+            mask[row, n_prefix : n_prefix + len(suffixes[k])] = 1
+        chunk_cache = copy.deepcopy(cache)  # the forward appends to the cache: keep the prefix pristine
+        chunk_cache.batch_repeat_interleave(len(idx))
+        positions = torch.arange(n_prefix, n_prefix + width).expand(len(idx), -1)
+        hidden = backbone.model(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            past_key_values=chunk_cache,
+            use_cache=True,
+        ).last_hidden_state.float()  # [n, width, d]
+        last = torch.tensor([len(suffixes[k]) - 1 for k in idx], device=device)
+        response[idx] = hidden[torch.arange(len(idx), device=device), last].cpu()
+    return Features(response=response, prompt=prompt)
+
+
 def extract_many(
     backbone: Backbone,
     encoded: Sequence[Encoded],
@@ -190,23 +250,37 @@ def extract_many(
     max_batch_tokens: int = 8192,
     max_batch_size: int = 64,
     padding_side: PaddingSide = "right",
+    share_prompts: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> Features:
-    """Length-sorted batches under a padded-token budget; results come back in input order."""
-    order = sorted(range(len(encoded)), key=lambda i: encoded[i].length)
+    """Features for any list of sequences, returned in input order.
+
+    Responses that share a prompt (and were not truncated) reuse one prompt pass (`extract_shared`); the rest run
+    in length-sorted batches under a padded-token budget, so little compute goes to padding.
+    """
     response = torch.empty((len(encoded), backbone.hidden_size))
     prompt = torch.empty((len(encoded), backbone.hidden_size))
-    i = 0
-    while i < len(order):
-        j = i + 1
-        # Sorted ascending, so the padded cost of [i, j) is (j - i) * length of the last one.
-        while j < len(order) and j - i < max_batch_size and (j - i + 1) * encoded[order[j]].length <= max_batch_tokens:
-            j += 1
-        idx = order[i:j]
+    singles = list(range(len(encoded)))
+    if share_prompts:
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, e in enumerate(encoded):
+            if e.prefix_length:
+                groups[e.input_ids[: e.prefix_length]].append(i)
+        shared = [idx for idx in groups.values() if len(idx) > 1]
+        in_shared = {i for idx in shared for i in idx}
+        singles = [i for i in singles if i not in in_shared]
+        for idx in shared:
+            feats = extract_shared(
+                backbone, [encoded[k] for k in idx], max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size
+            )
+            response[idx], prompt[idx] = feats.response, feats.prompt
+            if on_batch is not None:
+                on_batch(len(idx))
+    for chunk in _chunks([encoded[i].length for i in singles], max_batch_tokens, max_batch_size):
+        idx = [singles[k] for k in chunk]
         feats = extract(backbone, [encoded[k] for k in idx], padding_side)
         response[idx] = feats.response.cpu()
         prompt[idx] = feats.prompt.cpu()
         if on_batch is not None:
             on_batch(len(idx))
-        i = j
     return Features(response=response, prompt=prompt)

@@ -14,6 +14,7 @@ standardised column (their row of `W` is zero).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -53,7 +54,7 @@ class GatingNetwork(nn.Module):
         super().__init__()
         self.config = config
         dims = [in_features] + [config.hidden_dim] * config.n_hidden + [n_objectives]
-        self.layers = nn.ModuleList(nn.Linear(a, b, bias=config.bias) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.layers = nn.ModuleList(nn.Linear(a, b, bias=config.bias) for a, b in itertools.pairwise(dims))
         self.logit_scale = nn.Parameter(torch.full((1,), float(config.logit_scale_init)))
         self.dropout = nn.Dropout(config.dropout)
 

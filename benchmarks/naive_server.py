@@ -1,0 +1,35 @@
+"""The naive peer over HTTP: an OpenRLHF `serve_rm`-style server whose client sends one sample per request.
+
+Each request is scored as it arrives — one sequence per forward pass, no cross-request batching, no prompt
+sharing — on the same backbone and heads as the service, so the scores must agree.
+Run: `uvicorn benchmarks.naive_server:app` with ARMO_STORE_ROOT / ARMO_MODEL set like the service.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fastapi import FastAPI
+
+from armo.model_store.backbone import load_backbone
+from armo.model_store.features import encode, extract
+from armo.model_store.reward_model import Prepared, RewardModel, ScoreItem
+from armo.model_store.store import BUNDLED_ROOT, DEFAULT_MODEL, ModelStore
+
+store = ModelStore(os.environ.get("ARMO_STORE_ROOT", str(BUNDLED_ROOT)))
+manifest, head = store.load(os.environ.get("ARMO_MODEL", DEFAULT_MODEL))
+rm = RewardModel(load_backbone(manifest.backbone.id), head, manifest)
+app = FastAPI()
+
+
+def score_one(messages: list[dict[str, str]], response: str) -> float:
+    e = encode(rm.backbone.tokenizer, messages, response, max_length=rm.config.max_length)
+    prepared = Prepared(ScoreItem(messages, response), e)
+    return float(rm.forward_features([prepared], extract(rm.backbone, [e])).score[0])
+
+
+@app.post("/get_reward")
+async def get_reward(body: dict[str, Any]) -> dict[str, list[float]]:
+    # Like OpenRLHF's serve_rm: the model runs inline in the handler, so requests are scored one after another.
+    return {"rewards": [score_one(q["messages"], q["response"]) for q in body["query"]]}

@@ -1,0 +1,324 @@
+"""Throughput side by side, in one run, on the same inputs: ceiling, naive peer, service.
+
+    bash scripts/bench.sh            # = .venv/bin/python -m benchmarks.run  (writes docs/benchmarks.json)
+
+"tokens" always means the tokens of the full templated sequences of the workload (prompt + response for every
+response) — what a scorer without prompt sharing must process — so work saved by sharing shows up as speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import gzip
+import json
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+import typer
+from loadtests.http_load import run_load
+
+from armo.model_store.backbone import Backbone, load_backbone
+from armo.model_store.features import Encoded, encode, extract, extract_many
+from armo.model_store.reward_model import Prepared, RewardModel, ScoreItem, ScoringConfig
+from armo.model_store.store import BUNDLED_ROOT, DEFAULT_MODEL, ModelStore
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+Pair = tuple[list[dict[str, str]], str, str]
+
+
+# -- workloads ----------------------------------------------------------------------------------------------------
+def rewardbench_pairs(backbone: Backbone, n: int, max_length: int) -> list[Pair]:
+    """A stratified, deterministic sample of RewardBench pairs (every subset, evenly spaced), none truncated."""
+    with gzip.open(DATA / "eval" / "rewardbench_filtered.jsonl.gz", "rt") as f:
+        rows = [json.loads(x) for x in f]
+    by_subset: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_subset.setdefault(r["subset"], []).append(r)
+    fits: list[Pair] = []
+    per = max(1, -(-n // len(by_subset)))
+    for subset in sorted(by_subset):
+        taken = 0
+        candidates = by_subset[subset]
+        for r in candidates[:: max(1, len(candidates) // (per * 3))]:
+            msgs = [{"role": "user", "content": r["prompt"]}]
+            lengths = [
+                encode(backbone.tokenizer, msgs, y, max_length=10**6).length for y in (r["chosen"], r["rejected"])
+            ]
+            if max(lengths) <= max_length:
+                fits.append((msgs, r["chosen"], r["rejected"]))
+                taken += 1
+            if taken == per:
+                break
+    return fits[:n]
+
+
+def best_of_n(backbone: Backbone, n: int, prompt_tokens: int = 1000, response_tokens: int = 100) -> list[ScoreItem]:
+    """One ~1,000-token prompt (real documents to summarise) and n real ~100-token responses."""
+    tok = backbone.tokenizer
+    with gzip.open(DATA / "train" / "pairwise" / "ultrafeedback.jsonl.gz", "rt") as f:
+        rows = [json.loads(x) for x in f]
+    docs, used = [], 0
+    for r in rows:
+        text = r["messages"][-1]["content"]
+        docs.append(text)
+        used += len(tok(text, add_special_tokens=False)["input_ids"])
+        if used >= prompt_tokens:
+            break
+    prompt = "Summarise the following requests in one paragraph each:\n\n" + "\n\n---\n\n".join(docs)
+    ids = tok(prompt, add_special_tokens=False)["input_ids"][:prompt_tokens]
+    messages = [{"role": "user", "content": str(tok.decode(ids))}]
+    responses = []
+    for r in rows[len(docs) : len(docs) + n]:
+        rid = tok(r["chosen"], add_special_tokens=False)["input_ids"][:response_tokens]
+        responses.append(str(tok.decode(rid)).strip() or "OK.")
+    return [ScoreItem(messages, y) for y in responses]
+
+
+# -- measurements -------------------------------------------------------------------------------------------------
+def matmul_gflops(size: int = 2048, seconds: float = 3.0) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    n, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        torch.mm(a, b)
+        n += 1
+    return 2 * size**3 * n / (time.perf_counter() - started) / 1e9
+
+
+def flops_per_token(backbone: Backbone, context: float) -> float:
+    """2 × non-embedding parameters (no LM head is run) + attention scores/values at the mean causal context."""
+    cfg = backbone.model.config
+    params = sum(p.numel() for n, p in backbone.model.named_parameters() if "embed_tokens" not in n)
+    return 2 * params + 2 * cfg.num_hidden_layers * cfg.hidden_size * context
+
+
+def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
+    fn()  # warm-up (allocator, kernels)
+    started = time.perf_counter()
+    out = None
+    for _ in range(repeat):
+        out = fn()
+    return (time.perf_counter() - started) / repeat, out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def peak_rss_mb(pid: int | None = None) -> float:
+    if pid is None:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@contextlib.contextmanager
+def server(cmd: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            deadline = time.time() + 300
+            while time.time() < deadline:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"server exited: see {log}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                        break
+                    if "naive" in " ".join(cmd) and httpx.get(f"http://127.0.0.1:{port}/docs", timeout=2).is_success:
+                        break
+                time.sleep(0.5)
+            else:
+                raise RuntimeError(f"server not ready in time: see {log}")
+            yield proc
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def http_load(url: str, payloads: Sequence[Any], concurrency: int) -> Any:
+    asyncio.run(run_load(url, payloads[:2], concurrency=1))  # warm-up
+    return asyncio.run(run_load(url, payloads, concurrency=concurrency))
+
+
+def _store_for_benchmark(backbone: Backbone, tmp: Path) -> tuple[Path, str]:
+    """The bundled default artifact; if there is none yet, a random artifact on the embedded backbone (speed
+    does not depend on head values)."""
+    if ModelStore(BUNDLED_ROOT).versions(DEFAULT_MODEL):
+        return BUNDLED_ROOT, DEFAULT_MODEL
+    from armo.model_store.backbone import backbone_ref
+    from armo.model_store.heads import ArmoHead, GatingConfig
+    from armo.model_store.manifest import Manifest, Objective
+
+    torch.manual_seed(0)
+    head = ArmoHead(backbone.hidden_size, 4, GatingConfig(hidden_dim=256, n_hidden=2))
+    names = ("helpfulness", "correctness", "safety", "verbosity")
+    manifest = Manifest(
+        model="bench",
+        version="random",
+        backbone=backbone_ref(backbone, 2048),
+        objectives=tuple(Objective(name=n, kind="regression", source="random") for n in names),
+        gating=head.gating.config.to_dict(),
+    )
+    ModelStore(tmp).publish(manifest, head)
+    return tmp, "bench"
+
+
+def main(
+    pairs: int = typer.Option(24, help="RewardBench pairs in the workload."),
+    max_length: int = typer.Option(1024, help="Longest sequence admitted to the workload (tokens)."),
+    concurrency: int = typer.Option(8, help="Concurrent HTTP clients."),
+    http: bool = typer.Option(True, help="Also measure over HTTP (starts the service and the naive server)."),
+    out: Path = typer.Option(ROOT / "docs" / "benchmarks.json", help="Where to write the figures."),
+) -> None:
+    threads = torch.get_num_threads()
+    backbone = load_backbone("embedded")
+    tmp = Path(tempfile.mkdtemp(prefix="armo-bench-"))
+    store_root, model = _store_for_benchmark(backbone, tmp)
+    manifest, head = ModelStore(store_root).load(model)
+    rm = RewardModel(backbone, head, manifest, ScoringConfig(max_length=max(max_length, 2048)))
+    results: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch_threads": threads,
+            "torch": torch.__version__,
+        },
+        "model": f"{manifest.model}/{manifest.version}",
+        "backbone": backbone.id,
+    }
+    print(f"threads={threads}  model={results['model']}")
+
+    # Ceiling: measured matmul rate ÷ FLOPs per token at this workload's mean context.
+    work = rewardbench_pairs(backbone, pairs, max_length)
+    items = [ScoreItem(m, y) for m, c, r in work for y in (c, r)]
+    encoded: list[Encoded] = [rm.prepare(it).encoded for it in items]
+    tokens = sum(e.length for e in encoded)
+    mean_len = tokens / len(encoded)
+    gflops = matmul_gflops()
+    ceiling = gflops * 1e9 / flops_per_token(backbone, mean_len / 2)
+    results["matmul_gflops"] = gflops
+    results["workload"] = {"pairs": len(work), "sequences": len(encoded), "tokens": tokens, "mean_length": mean_len}
+    print(f"matmul {gflops:.1f} GFLOP/s → ceiling {ceiling:.0f} tokens/s; workload {len(work)} pairs, {tokens} tokens")
+
+    # Raw batched forward: the backbone alone, length-sorted batches, no sharing, no heads.
+    raw_s, _ = timed(lambda: extract_many(backbone, encoded, share_prompts=False))
+    # Naive peer in-process: one full sequence per forward pass (the model card's way), then the heads.
+    prepared = [Prepared(it, e) for it, e in zip(items, encoded, strict=True)]
+
+    def naive() -> list[float]:
+        return [float(rm.forward_features([p], extract(backbone, [p.encoded])).score[0]) for p in prepared]
+
+    naive_s, naive_scores = timed(naive)
+    # This service's scoring path in-process: prompt sharing + length-bucketed batches + heads.
+    inproc_s, inproc = timed(lambda: rm.score(items))
+    inproc_scores = [r.score for r in inproc]
+    results["ceiling_tokens_per_s"] = ceiling
+    results["raw_forward_tokens_per_s"] = tokens / raw_s
+    results["fp32_forward_vs_ceiling"] = tokens / raw_s / ceiling
+    results["naive_tokens_per_s"] = tokens / naive_s
+    results["naive_pairs_per_s"] = len(work) / naive_s
+    results["inprocess_tokens_per_s"] = tokens / inproc_s
+    results["inprocess_pairs_per_s"] = len(work) / inproc_s
+    results["inprocess_max_abs_diff_vs_naive"] = max(
+        abs(a - b) for a, b in zip(inproc_scores, naive_scores, strict=True)
+    )
+
+    # Best-of-N: one 1,000-token prompt, N ~100-token responses; shared prompt vs scoring N sequences independently.
+    for n in (4, 16):
+        bon = best_of_n(backbone, n)
+        bon_enc = [rm.prepare(it).encoded for it in bon]
+        indep_s, _ = timed(lambda enc=bon_enc: extract_many(backbone, enc, share_prompts=False))
+        shared_s, _ = timed(lambda b=bon: rm.score(b))
+        results[f"best_of_{n}"] = {
+            "tokens": sum(e.length for e in bon_enc),
+            "independent_s": indep_s,
+            "shared_s": shared_s,
+            "speedup": indep_s / shared_s,
+        }
+        print(f"best-of-{n}: independent {indep_s:.2f}s, shared {shared_s:.2f}s → {indep_s / shared_s:.2f}×")
+    results["best_of_16_speedup"] = results["best_of_16"]["speedup"]
+
+    # Opt-in int8 dynamic quantisation of the backbone's Linear layers.
+    qbackbone = load_backbone("embedded", quantize="int8")
+    qrm = RewardModel(qbackbone, head, manifest, rm.config)
+    q_s, q_out = timed(lambda: qrm.score(items))
+    results["int8_inprocess_tokens_per_s"] = tokens / q_s
+    results["int8_vs_fp32_inprocess"] = inproc_s / q_s
+    results["int8_max_abs_score_diff"] = max(abs(a.score - b) for a, b in zip(q_out, inproc_scores, strict=True))
+    results["inprocess_peak_rss_mb"] = peak_rss_mb()
+
+    if http:
+        env = {"ARMO_STORE_ROOT": str(store_root), "ARMO_MODEL": model, "ARMO_WATCH_INTERVAL_S": "0"}
+        env |= {"ARMO_LOG_LEVEL": "WARNING", "ARMO_REQUEST_TIMEOUT_S": "600", "ARMO_MAX_QUEUE": "4096"}
+        port = free_port()
+        cmd = [sys.executable, "-m", "armo.cli", "serve", "--port", str(port)]
+        with server(cmd, env, port, tmp / "service.log") as proc:
+            payloads = [{"items": [{"messages": m, "response": c}, {"messages": m, "response": r}]} for m, c, r in work]
+            load = http_load(f"http://127.0.0.1:{port}/v1/score", payloads, concurrency)
+            service_scores = [s["score"] for body in load.bodies for s in body["results"]]
+            results["service_rss_mb"] = peak_rss_mb(proc.pid)
+        port = free_port()
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "benchmarks.naive_server:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
+        with server(cmd, env, port, tmp / "naive.log") as proc:
+            singles = [{"query": [{"messages": it.messages, "response": it.response}]} for it in items]
+            naive_load = http_load(f"http://127.0.0.1:{port}/get_reward", singles, concurrency)
+            naive_http_scores = [b["rewards"][0] for b in naive_load.bodies]
+            results["naive_server_rss_mb"] = peak_rss_mb(proc.pid)
+        results["service_http"] = load.summary() | {"statuses": load.statuses}
+        results["naive_http"] = naive_load.summary() | {"statuses": naive_load.statuses}
+        results["service_tokens_per_s"] = tokens / load.wall_s
+        results["service_pairs_per_s"] = len(work) / load.wall_s
+        results["naive_server_pairs_per_s"] = len(work) / naive_load.wall_s
+        results["p99_latency_s"] = load.percentile(99)
+        results["service_vs_raw_forward"] = results["service_tokens_per_s"] / results["raw_forward_tokens_per_s"]
+        results["service_vs_ceiling"] = results["service_tokens_per_s"] / ceiling
+        results["service_vs_naive"] = results["service_pairs_per_s"] / results["naive_pairs_per_s"]
+        results["service_vs_naive_server"] = results["service_pairs_per_s"] / results["naive_server_pairs_per_s"]
+        results["service_max_abs_diff_vs_naive"] = max(
+            abs(a - b) for a, b in zip(service_scores, naive_http_scores, strict=True)
+        )
+    else:
+        results["service_tokens_per_s"] = results["inprocess_tokens_per_s"]
+        results["service_vs_ceiling"] = results["inprocess_tokens_per_s"] / ceiling
+        results["service_vs_naive"] = results["inprocess_pairs_per_s"] / results["naive_pairs_per_s"]
+        results["p99_latency_s"] = None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    keys = [k for k, v in results.items() if isinstance(v, float)]
+    width = max(len(k) for k in keys)
+    for k in keys:
+        print(f"{k:<{width}}  {results[k]:.4g}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -128,3 +128,19 @@ def llama3_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, embedded_back
     tok.chat_template = LLAMA3_TEMPLATE
     tok.save_pretrained(d)
     return d
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip, by marker, what this machine cannot run: CUDA tests without a GPU, vLLM tests without vLLM,
+    data tests without ../shared/data."""
+    import importlib.util
+
+    reasons = {
+        "cuda": None if torch.cuda.is_available() else "needs a CUDA GPU",
+        "vllm": None if importlib.util.find_spec("vllm") else "needs vLLM installed",
+        "data": None if SHARED_DATA.is_dir() else f"needs {SHARED_DATA}",
+    }
+    for item in items:
+        for marker, reason in reasons.items():
+            if reason and marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from armo import __version__
 from armo.model_store.heads import GatingConfig
 
 SCHEMA_VERSION = 1
@@ -50,7 +51,7 @@ class Manifest(_Strict):
     model: str
     version: str
     created_at: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
-    code_version: str = ""
+    code_version: str = Field(default_factory=lambda: __version__)
     backbone: BackboneRef
     objectives: tuple[Objective, ...]
     gating: dict[str, Any] = Field(default_factory=lambda: GatingConfig().to_dict())

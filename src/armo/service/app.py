@@ -1,0 +1,128 @@
+"""The FastAPI application: wiring only (services, middleware, the exception table, routes, lifespan)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from armo.model_store.backbone import load_backbone
+from armo.model_store.errors import ArmoError
+from armo.service.auth import Auth
+from armo.service.batcher import BatcherConfig, MicroBatcher
+from armo.service.errors import (
+    ErrorResponse,
+    MethodNotAllowedError,
+    NotFoundError,
+    describe,
+    describe_validation,
+)
+from armo.service.logs import request_id_var
+from armo.service.metrics import ServiceMetrics
+from armo.service.middleware import ERROR_TYPE_KEY, RequestMiddleware
+from armo.service.reloader import BackboneLoader, Reloader
+from armo.service.routes import build_router
+from armo.service.scoring import Limits, Scorer
+from armo.service.state import Services
+from armo.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Interpretable, steerable ArmoRM-style reward model.
+
+`/v1/score` for RLHF loops, `/v1/explain` for dashboards (per-objective rewards, debiased rewards, gating weights,
+contributions), `/v1/compare` for Best-of-N, per-request steering (`weights` / `mask`), `/get_reward` for OpenRLHF
+clients. Errors are JSON `{"error": {"type", "message", "field", "request_id"}}`."""
+
+
+def _respond(request: Request, resp: ErrorResponse) -> JSONResponse:
+    request.scope[ERROR_TYPE_KEY] = resp.type
+    return JSONResponse(resp.body, status_code=resp.status, headers=resp.headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def on_armo_error(request: Request, exc: Exception) -> JSONResponse:
+        return _respond(request, describe(exc, request_id_var.get()))
+
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return _respond(request, describe_validation(list(exc.errors()), request_id_var.get()))
+
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            return _respond(request, describe(NotFoundError(f"no route {request.url.path}"), request_id_var.get()))
+        if exc.status_code == 405:
+            err = MethodNotAllowedError(f"{request.method} is not allowed on {request.url.path}")
+            return _respond(request, describe(err, request_id_var.get()))
+        body = {"error": {"type": "http_error", "message": str(exc.detail), "field": None}}
+        request.scope[ERROR_TYPE_KEY] = "http_error"
+        return JSONResponse(body, status_code=exc.status_code)
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        return _respond(request, describe(exc, request_id_var.get()))  # a bare 500, never the trace
+
+    app.add_exception_handler(ArmoError, on_armo_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def build_services(settings: Settings, *, backbone_loader: BackboneLoader = load_backbone) -> Services:
+    metrics = ServiceMetrics()
+    reloader = Reloader(settings, metrics, backbone_loader=backbone_loader)
+    batcher = MicroBatcher(
+        BatcherConfig(
+            max_batch_size=settings.max_batch_size,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_wait_s=settings.max_wait_ms / 1000.0,
+            max_queue=settings.max_queue,
+            retry_after_s=settings.retry_after_s,
+        ),
+        metrics,
+    )
+    limits = Limits(
+        max_items=settings.max_items,
+        max_chars=settings.max_chars,
+        request_timeout_s=settings.request_timeout_s,
+        top_contributors=settings.top_contributors,
+    )
+    scorer = Scorer(reloader, batcher, metrics, limits)
+    return Services(settings, metrics, Auth(settings), reloader, batcher, scorer)
+
+
+def create_app(settings: Settings | None = None, *, backbone_loader: BackboneLoader = load_backbone) -> FastAPI:
+    settings = settings or Settings()
+    services = build_services(settings, backbone_loader=backbone_loader)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        services.batcher.start()
+        await services.reloader.start()  # loads in the background: /health answers, /ready says 503 until done
+        log.info(
+            "service started",
+            extra={"event": "start", "store_root": str(settings.store_root), "model": settings.model},
+        )
+        try:
+            yield
+        finally:
+            await services.reloader.stop()
+            await services.batcher.stop()
+            services.scorer.close()
+            log.info("service stopped", extra={"event": "stop"})
+
+    app = FastAPI(title="armo reward model", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app.state.services = services
+    _install_error_handlers(app)
+    app.include_router(build_router(services))
+    app.add_middleware(RequestMiddleware, metrics=services.metrics, max_body_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,232 @@
+"""The micro-batcher: merges requests from many clients into forward batches.
+
+    submit() ──► bounded asyncio.Queue ──► worker task ──► one worker thread: RewardModel.forward(batch)
+      │ full → QueueFullError (429 + Retry-After)      │ batch = whole requests, same model, ≤ max items,
+      │ deadline → DeadlineExceededError (504)         │ ≤ token budget, collected for ≤ max_wait after the first
+      ▼                                                ▼ disconnected / expired / cancelled requests are skipped
+   per-request future  ◄─────── results split back per request (a failing batch fails only its requests)
+
+Requests are never split across batches, and a batch only holds requests prepared by the same RewardModel
+object, so a request started before a hot reload finishes on the version it started with. The forward pass runs
+in a single dedicated thread (torch parallelises inside it); the event loop only moves futures. Scores do not
+depend on batch composition because RewardModel masks padding and gathers features by the attention mask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from armo.model_store.reward_model import ItemResult, Prepared, RewardModel
+from armo.service.errors import (
+    BatchFailedError,
+    ClientDisconnectedError,
+    DeadlineExceededError,
+    QueueFullError,
+    ShuttingDownError,
+)
+from armo.service.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+Disconnected = Callable[[], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    max_batch_size: int = 32
+    max_batch_tokens: int = 8192
+    max_wait_s: float = 0.005
+    max_queue: int = 256
+    retry_after_s: int = 1
+
+
+@dataclass
+class _Job:
+    model: RewardModel
+    items: Sequence[Prepared]
+    future: asyncio.Future[list[ItemResult]]
+    deadline: float  # event-loop time
+    disconnected: Disconnected | None
+    tokens: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = sum(p.tokens for p in self.items)
+
+    @property
+    def done(self) -> bool:
+        return self.future.done()
+
+
+class MicroBatcher:
+    def __init__(self, config: BatcherConfig, metrics: ServiceMetrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=config.max_queue)
+        self._carry: _Job | None = None  # a job that did not fit the previous batch; it starts the next one
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="armo-forward")
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: list[_Job] = []  # the batch being collected or run (failed on stop, never lost)
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="armo-batcher")
+
+    async def stop(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        pending = [*self._inflight, *([self._carry] if self._carry else [])]
+        self._inflight, self._carry = [], None
+        while not self._queue.empty():
+            pending.append(self._queue.get_nowait())
+        for job in pending:
+            if not job.done:
+                job.future.set_exception(ShuttingDownError("the service is shutting down; retry"))
+        # Never wait for a forward pass still running in the thread: shutdown must not hang on it.
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize() + (1 if self._carry else 0)
+
+    # -- request side -------------------------------------------------------------------------------------
+    async def submit(
+        self,
+        model: RewardModel,
+        items: Sequence[Prepared],
+        *,
+        timeout: float,
+        disconnected: Disconnected | None = None,
+    ) -> list[ItemResult]:
+        """Score `items` with `model` in some batch; results in order. Raises QueueFullError at once when full."""
+        if self._closed:
+            raise ShuttingDownError("the service is shutting down; retry")
+        loop = asyncio.get_running_loop()
+        job = _Job(model, items, loop.create_future(), loop.time() + timeout, disconnected)
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self.metrics.queue_rejections.inc()
+            raise QueueFullError(
+                f"the scoring queue is full ({self.config.max_queue} requests waiting); retry later",
+                retry_after=self.config.retry_after_s,
+            ) from None
+        self.metrics.queue_depth.set(self.depth)
+        try:
+            # wait_for cancels the future on timeout; the worker then skips (or discards) the job.
+            return await asyncio.wait_for(job.future, timeout)
+        except TimeoutError:
+            self.metrics.deadline_exceeded.inc()
+            raise DeadlineExceededError(f"the request was not scored within its deadline of {timeout:.3g} s") from None
+
+    # -- worker side --------------------------------------------------------------------------------------
+    async def _next_job(self) -> _Job:
+        if self._carry is not None:
+            job, self._carry = self._carry, None
+            return job
+        return await self._queue.get()
+
+    def _fits(self, batch: list[_Job], job: _Job) -> bool:
+        items = sum(len(j.items) for j in batch) + len(job.items)
+        tokens = sum(j.tokens for j in batch) + job.tokens
+        return (
+            job.model is batch[0].model
+            and items <= self.config.max_batch_size
+            and (tokens <= self.config.max_batch_tokens)
+        )
+
+    async def _collect(self) -> list[_Job]:
+        """The first waiting job, plus whatever fits that arrives within max_wait."""
+        loop = asyncio.get_running_loop()
+        batch = self._inflight = [await self._next_job()]
+        until = loop.time() + self.config.max_wait_s
+        while sum(len(j.items) for j in batch) < self.config.max_batch_size:
+            remaining = until - loop.time()
+            try:
+                job = (
+                    self._queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(self._queue.get(), remaining)
+                )
+            except (asyncio.QueueEmpty, TimeoutError):
+                break
+            if not self._fits(batch, job):
+                self._carry = job
+                break
+            batch.append(job)
+        return batch
+
+    async def _alive(self, batch: list[_Job]) -> list[_Job]:
+        """Drop jobs nobody waits for any more: timed out, cancelled, or whose client disconnected."""
+        now = asyncio.get_running_loop().time()
+        alive = []
+        for job in batch:
+            if job.done:  # cancelled by its deadline while queued
+                continue
+            if job.deadline <= now:
+                continue  # its waiter is about to raise DeadlineExceeded; do not spend a forward pass on it
+            if job.disconnected is not None and await self._gone(job):
+                self.metrics.disconnected.inc()
+                job.future.set_exception(ClientDisconnectedError("the client disconnected"))
+                job.future.exception()  # mark retrieved: nobody awaits it
+                continue
+            alive.append(job)
+        return alive
+
+    @staticmethod
+    async def _gone(job: _Job) -> bool:
+        assert job.disconnected is not None
+        try:
+            return await job.disconnected()
+        except Exception:  # a broken probe must not stop the worker: assume the client is still there
+            log.warning("disconnect probe failed", exc_info=True)
+            return False
+
+    @staticmethod
+    def _forward(model: RewardModel, prepared: list[Prepared]) -> list[ItemResult]:
+        return model.results(prepared, model.forward(prepared), detail=True)
+
+    async def _run_batch(self, batch: list[_Job]) -> None:
+        prepared = [p for job in batch for p in job.items]
+        tokens = sum(job.tokens for job in batch)
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(self._executor, self._forward, batch[0].model, prepared)
+        except Exception:
+            self.metrics.batch_failures.inc()
+            log.exception("forward pass failed for a batch of %d items (%d requests)", len(prepared), len(batch))
+            for job in batch:
+                if not job.done:
+                    job.future.set_exception(BatchFailedError("scoring failed for this batch; retry the request"))
+            return
+        self.metrics.observe_batch(len(prepared), tokens, time.perf_counter() - started)
+        offset = 0
+        for job in batch:
+            part, offset = results[offset : offset + len(job.items)], offset + len(job.items)
+            if not job.done:
+                job.future.set_result(part)
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._collect()
+            self.metrics.queue_depth.set(self.depth)
+            try:
+                batch = self._inflight = await self._alive(batch)
+                if batch:
+                    await self._run_batch(batch)
+                self._inflight = []
+            except Exception:  # the worker must survive anything; its batch fails, the next one runs
+                log.exception("batch worker error")
+                for job in batch:
+                    if not job.done:
+                        job.future.set_exception(BatchFailedError("scoring failed for this batch; retry the request"))

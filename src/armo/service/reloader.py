@@ -1,0 +1,249 @@
+"""Hot reload: load → verify → check the backbone → smoke-score → swap, off the request path.
+
+The served model is one reference (`Reloader.current`) replaced in a single assignment. A request takes the
+reference once, prepares its items with that RewardModel and hands them to the batcher, which never mixes
+models in a batch: a request that started on version N finishes on version N even if N+1 is swapped in
+meanwhile. Any failure keeps the old model serving and is recorded in `last` (shown by /v1/models) and in
+metrics. The backbone is reused when the new artifact names the same backbone id + revision, so a heads-only
+update costs a few milliseconds and no extra memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from armo.model_store.backbone import Backbone, load_backbone
+from armo.model_store.errors import ArmoError, ArtifactError, StoreError
+from armo.model_store.manifest import Manifest
+from armo.model_store.reward_model import RewardModel, ScoreItem, ScoringConfig
+from armo.model_store.store import ModelStore
+from armo.service.chat_template import TemplateMarkers, learn_markers
+from armo.service.errors import ReloadInProgressError
+from armo.service.metrics import ServiceMetrics
+from armo.service.protocol import BackboneInfo, LoadedModelInfo, ObjectiveInfo, ReloadStatus
+from armo.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BackboneLoader = Callable[..., Backbone]
+
+# Scored after every load, before the swap: a version that cannot score this does not go live.
+SMOKE_ITEM = ScoreItem(
+    [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "What is 2 + 2?"}],
+    "2 + 2 = 4.",
+)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    rm: RewardModel
+    loaded_at: str
+    markers: TemplateMarkers | None  # None when the template cannot be split (then /get_reward answers 422)
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.rm.manifest
+
+    @property
+    def version(self) -> str:
+        return self.rm.version
+
+
+class Reloader:
+    def __init__(
+        self, settings: Settings, metrics: ServiceMetrics, *, backbone_loader: BackboneLoader = load_backbone
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.store = ModelStore(settings.store_root)
+        self.backbone_loader = backbone_loader
+        self.current: LoadedModel | None = None
+        self.last: ReloadStatus | None = None
+        self._lock = asyncio.Lock()
+        self._failed_version: str | None = None  # the watcher does not retry a refused version by itself
+        self._watcher: asyncio.Task[None] | None = None
+
+    # -- loading (worker thread) --------------------------------------------------------------------------
+    def _backbone_for(self, manifest: Manifest) -> tuple[Backbone, bool]:
+        """(backbone, whether it was loaded now). Reuses the serving backbone when id + revision match."""
+        ref = manifest.backbone
+        cur = self.current.rm.backbone if self.current else None
+        override = self.settings.backbone
+        if cur is not None and (override is not None or (cur.id == ref.id and cur.revision == ref.revision)):
+            return cur, False
+        spec = override or ref.id
+        backbone = self.backbone_loader(
+            spec, cache_dir=self.settings.cache_dir, device=self.settings.device, dtype=self.settings.dtype
+        )
+        if override is None and backbone.revision != ref.revision:
+            raise ArtifactError(
+                f"artifact {manifest.model}/{manifest.version} was trained on backbone {ref.id} revision "
+                f"{ref.revision[:12]}, but that backbone now has revision {backbone.revision[:12]}",
+                field="backbone.revision",
+            )
+        return backbone, True
+
+    def _scoring_config(self, manifest: Manifest) -> ScoringConfig:
+        limit = manifest.backbone.max_length
+        if self.settings.max_tokens is not None:
+            limit = min(limit, self.settings.max_tokens)
+        return ScoringConfig(
+            max_length=limit,
+            max_batch_tokens=max(self.settings.max_batch_tokens, limit),
+            max_batch_size=self.settings.max_batch_size,
+        )
+
+    def _load(self, version: str) -> tuple[LoadedModel, bool]:
+        manifest, head = self.store.load(self.settings.model, version)  # verifies every file's sha256
+        backbone, fresh = self._backbone_for(manifest)
+        rm = RewardModel(backbone, head, manifest, self._scoring_config(manifest))  # checks compatibility
+        [smoke] = rm.score([SMOKE_ITEM], detail=True)
+        total = sum(smoke.contributions.values())
+        if not math.isfinite(smoke.score) or abs(total - smoke.score) > 1e-3 * max(1.0, abs(smoke.score)):
+            raise ArtifactError(
+                f"artifact {manifest.model}/{version} failed the smoke test (score {smoke.score!r})", field="heads"
+            )
+        try:
+            markers: TemplateMarkers | None = learn_markers(backbone.tokenizer)
+        except (ValueError, KeyError) as e:
+            log.warning("chat template cannot be split for /get_reward: %s", e)
+            markers = None
+        return LoadedModel(rm, _now(), markers), fresh
+
+    # -- swapping (event loop) ----------------------------------------------------------------------------
+    async def reload(self, ref: str | None = None, *, source: str = "admin", wait: bool = True) -> ReloadStatus:
+        """Load `ref` (a version or alias; default the configured alias) and swap it in if it passes every check.
+
+        Raises the domain error on failure (after recording it); the old model keeps serving.
+        """
+        if self._lock.locked() and not wait:
+            raise ReloadInProgressError("a reload is already running")
+        async with self._lock:
+            started = time.perf_counter()
+            target = ref or self.settings.alias
+            version: str | None = None
+            try:
+                version = self.store.resolve(self.settings.model, target)
+                if self.current is not None and self.current.version == version:
+                    status = ReloadStatus(result="unchanged", version=version, at=_now())
+                    self.metrics.reloads.labels("unchanged").inc()
+                    self.last = status
+                    return status
+                loaded, fresh = await asyncio.to_thread(self._load, version)
+            except ArmoError as e:
+                self._record_failure(version or target, e, time.perf_counter() - started, source)
+                raise
+            except Exception as e:  # anything else (OOM, a torch error): still keep the old model
+                self._record_failure(version or target, e, time.perf_counter() - started, source)
+                raise ArtifactError(f"loading {self.settings.model}/{version or target} failed: {e}") from e
+            previous = self.current
+            self.current = loaded  # the swap: one reference assignment, atomic for every reader
+            self._failed_version = None
+            seconds = time.perf_counter() - started
+            bb = loaded.rm.backbone
+            self.metrics.set_model(loaded.rm.name, loaded.version, bb.id, bb.revision)
+            self.metrics.set_objectives(loaded.rm.objectives)
+            self.metrics.reloads.labels("success").inc()
+            self.metrics.reload_failed.set(0)
+            self.metrics.reload_seconds.observe(seconds)
+            status = ReloadStatus(
+                result="success", version=loaded.version, at=_now(), backbone_reloaded=fresh, seconds=round(seconds, 4)
+            )
+            self.last = status
+            log.info(
+                "model swapped",
+                extra={
+                    "event": "reload",
+                    "source": source,
+                    "model": loaded.rm.name,
+                    "version": loaded.version,
+                    "previous": previous.version if previous else None,
+                    "backbone_reloaded": fresh,
+                    "seconds": round(seconds, 4),
+                },
+            )
+            return status
+
+    def _record_failure(self, version: str, error: BaseException, seconds: float, source: str) -> None:
+        message = error.message if isinstance(error, ArmoError) else f"{type(error).__name__}: {error}"
+        self._failed_version = version
+        self.metrics.reloads.labels("failure").inc()
+        self.metrics.reload_failed.set(1)
+        self.last = ReloadStatus(result="failure", version=version, error=message, at=_now(), seconds=round(seconds, 4))
+        log.error(
+            "reload refused; the previous model keeps serving",
+            extra={"event": "reload_failed", "source": source, "version": version, "error": message},
+        )
+
+    # -- watcher ------------------------------------------------------------------------------------------
+    async def check(self) -> ReloadStatus | None:
+        """One watcher tick: reload if the alias points at a version that is neither served nor refused."""
+        try:
+            version = self.store.resolve(self.settings.model, self.settings.alias)
+        except StoreError:
+            return None  # nothing published (yet); the startup attempt already recorded why
+        if (self.current is not None and version == self.current.version) or version == self._failed_version:
+            return None
+        with contextlib.suppress(ArmoError):
+            return await self.reload(version, source="watcher")
+        return self.last
+
+    async def _watch(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.check()
+            except Exception:  # the watcher must never die
+                log.exception("watcher tick failed")
+
+    async def start(self) -> None:
+        """Initial load in the background (so /health answers at once), then the watcher."""
+
+        async def initial() -> None:
+            with contextlib.suppress(Exception):
+                await self.reload(source="startup")
+            if self.settings.watch_interval_s > 0:
+                await self._watch(self.settings.watch_interval_s)
+
+        self._watcher = asyncio.get_running_loop().create_task(initial(), name="armo-reloader")
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+
+    def describe_loaded(self) -> LoadedModelInfo | None:
+        if self.current is None:
+            return None
+        m, rm = self.current.manifest, self.current.rm
+        return LoadedModelInfo(
+            model=m.model,
+            version=m.version,
+            created_at=m.created_at,
+            loaded_at=self.current.loaded_at,
+            backbone=BackboneInfo(
+                id=rm.backbone.id,
+                revision=rm.backbone.revision,
+                hidden_size=rm.backbone.hidden_size,
+                max_length=rm.config.max_length,
+            ),
+            objectives=[
+                ObjectiveInfo(name=o.name, kind=o.kind, description=o.description, source=o.source, metrics=o.metrics)
+                for o in m.objectives
+            ],
+            gating=m.gating,
+            metrics=m.metrics,
+        )

@@ -1,0 +1,128 @@
+"""The one settings class of the project (environment variables with the prefix `ARMO_`, or a `.env` file).
+
+Every field is documented here and in docs/SERVICE.md; `Settings()` validates at start-up and raises a
+pydantic ValidationError naming the bad variable, which `armo serve` prints without a stack trace.
+List-valued variables (ARMO_API_KEYS) accept a comma-separated string or a JSON list.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from armo.model_store.store import BUNDLED_ROOT, DEFAULT_ALIAS, DEFAULT_MODEL
+
+_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ARMO_", env_file=".env", env_file_encoding="utf-8", extra="ignore", validate_default=True
+    )
+
+    # -- what to serve --------------------------------------------------------------------------------------
+    store_root: Path = Field(
+        default=BUNDLED_ROOT, description="Root of the versioned model store (default: the packaged one)."
+    )
+    model: str = Field(default=DEFAULT_MODEL, description="Model name inside the store.")
+    alias: str = Field(default=DEFAULT_ALIAS, description="Alias (or a pinned version name) the service follows.")
+    backbone: str | None = Field(
+        default=None,
+        description="Backbone override ('embedded', a local directory or a hub id); default: the artifact "
+        "manifest's backbone.id.",
+    )
+    cache_dir: Path | None = Field(default=None, description="Cache of converted backbones (default ~/.cache/armo).")
+    device: str = Field(default="cpu", description="Torch device: cpu, cuda, cuda:N or mps.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32", description="Backbone dtype.")
+    torch_threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads; default: torch's choice.")
+
+    # -- micro-batcher --------------------------------------------------------------------------------------
+    max_batch_size: int = Field(default=32, ge=1, description="Most items in one forward batch.")
+    max_batch_tokens: int = Field(
+        default=8192, ge=16, description="Token budget of one forward batch (sum of lengths)."
+    )
+    max_wait_ms: float = Field(
+        default=5.0, ge=0, description="How long the first request of a batch waits for company."
+    )
+    max_queue: int = Field(default=256, ge=1, description="Requests waiting for the worker; beyond that → 429.")
+    retry_after_s: int = Field(default=1, ge=0, description="Retry-After seconds sent with a 429.")
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, description="Deadline of a request (default and maximum; a request may ask for less) → 504."
+    )
+
+    # -- limits ---------------------------------------------------------------------------------------------
+    max_items: int = Field(default=64, ge=1, description="Most items (or responses) per request.")
+    max_chars: int = Field(default=32_000, ge=1, description="Most characters in any one text field.")
+    max_tokens: int | None = Field(
+        default=None, ge=8, description="Token limit per sequence; default (and ceiling): the manifest's max_length."
+    )
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Largest accepted request body → 413.")
+    top_contributors: int = Field(default=3, ge=1, description="How many top contributors /v1/explain lists.")
+
+    # -- auth -----------------------------------------------------------------------------------------------
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Bearer keys for /v1/* and /get_reward; empty = no auth."
+    )
+    admin_key: SecretStr | None = Field(
+        default=None, description="Bearer key for admin routes; unset = admin disabled."
+    )
+    auth_health: bool = Field(default=False, description="Require an API key on /health and /ready.")
+    auth_metrics: bool = Field(default=False, description="Require an API key on /metrics.")
+
+    # -- operations -----------------------------------------------------------------------------------------
+    watch_interval_s: float = Field(default=5.0, ge=0, description="How often the watcher checks the alias; 0 = off.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+    log_json: bool = Field(default=True, description="JSON-lines logs (false: plain text for a terminal).")
+    host: str = Field(default="127.0.0.1", description="Interface `armo serve` binds (the --host option wins).")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port `armo serve` binds (the --port option wins).")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [k.strip() for k in text.split(",") if k.strip()]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_not_blank(cls, value: list[SecretStr]) -> list[SecretStr]:
+        if any(len(k.get_secret_value()) < 8 for k in value):
+            raise ValueError("every API key must be at least 8 characters")
+        return value
+
+    @field_validator("admin_key", mode="before")
+    @classmethod
+    def _blank_admin_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("admin_key")
+    @classmethod
+    def _admin_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 8:
+            raise ValueError("the admin key must be at least 8 characters")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError(f"device must be cpu, cuda, cuda:N or mps, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _dtype_fits_device(self) -> Settings:
+        # bf16/fp16 matmuls on CPU are hundreds of times slower than fp32 here (DESIGN.md §4): refuse, clearly.
+        if self.device == "cpu" and self.dtype != "float32":
+            raise ValueError(f"ARMO_DTYPE={self.dtype} with ARMO_DEVICE=cpu is extremely slow; use float32 on CPU")
+        return self
+
+    def api_key_values(self) -> list[str]:
+        return [k.get_secret_value() for k in self.api_keys]

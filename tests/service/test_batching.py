@@ -1,0 +1,151 @@
+"""The micro-batcher under load: merging, 429 on a full queue, 504 on deadline, skipped disconnects, batch failure.
+
+The forward pass is the real one; `Gate` only pauses it so that queue states are deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from armo.model_store.reward_model import ScoreItem
+from armo.model_store.store import ModelStore
+from armo.service.errors import ClientDisconnectedError, ShuttingDownError
+from tests.service.conftest import AUTH, CONV, Gate, current_rm, item, make_settings, serve, services, wait_until
+
+
+async def test_concurrent_requests_are_merged_into_one_batch(tiny_store: ModelStore) -> None:
+    async with serve(make_settings(tiny_store, max_batch_size=8, max_wait_ms=50)) as (app, client):
+        gate = Gate(current_rm(app))
+        try:
+            first = asyncio.create_task(client.post("/v1/score", json={"items": [item("a")]}, headers=AUTH))
+            await gate.wait_entered()
+            texts = ["b", "c c", "d d d", "e e e e"]
+            rest = [
+                asyncio.create_task(client.post("/v1/score", json={"items": [item(t)]}, headers=AUTH)) for t in texts
+            ]
+            await wait_until(lambda: services(app).batcher.depth == len(texts))
+            gate.release()
+            responses = await asyncio.gather(first, *rest)
+        finally:
+            gate.restore()
+        assert [r.status_code for r in responses] == [200] * 5
+        assert gate.batches == [1, 4]  # the four waiting requests rode one forward pass
+        direct = current_rm(app).score([ScoreItem(CONV, t) for t in texts])
+        got = [r.json()["results"][0]["score"] for r in responses[1:]]
+        assert max(abs(a - b.score) for a, b in zip(got, direct, strict=True)) < 1e-5
+
+
+async def test_full_queue_answers_429_with_retry_after(tiny_store: ModelStore) -> None:
+    settings = make_settings(tiny_store, max_queue=1, max_batch_size=1, retry_after_s=3)
+    async with serve(settings) as (app, client):
+        gate = Gate(current_rm(app))
+        try:
+            running = asyncio.create_task(client.post("/v1/score", json={"items": [item("a")]}, headers=AUTH))
+            await gate.wait_entered()
+            queued = asyncio.create_task(client.post("/v1/score", json={"items": [item("b")]}, headers=AUTH))
+            await wait_until(lambda: services(app).batcher.depth == 1)
+            refused = await client.post("/v1/score", json={"items": [item("c")]}, headers=AUTH)
+            assert refused.status_code == 429, refused.text
+            assert refused.headers["retry-after"] == "3"
+            assert refused.json()["error"]["type"] == "queue_full"
+            gate.release()
+            assert [(await t).status_code for t in (running, queued)] == [200, 200]
+        finally:
+            gate.restore()
+        # Once drained, the service accepts again.
+        assert (await client.post("/v1/score", json={"items": [item("c")]}, headers=AUTH)).status_code == 200
+
+
+async def test_deadline_answers_504_and_the_service_recovers(tiny_store: ModelStore) -> None:
+    async with serve(make_settings(tiny_store, request_timeout_s=5)) as (app, client):
+        gate = Gate(current_rm(app))
+        try:
+            r = await client.post("/v1/score", json={"items": [item()], "timeout_s": 0.2}, headers=AUTH)
+            assert r.status_code == 504, r.text
+            assert r.json()["error"]["type"] == "deadline_exceeded"
+            # A request queued behind the stuck batch with a short deadline also times out, and is never run.
+            r2 = await client.post("/v1/score", json={"items": [item("x")], "timeout_s": 0.1}, headers=AUTH)
+            assert r2.status_code == 504
+        finally:
+            gate.restore()
+        await wait_until(lambda: services(app).batcher.depth == 0)
+        assert gate.batches == [1]  # the expired second request was skipped, not scored
+        assert (await client.post("/v1/score", json={"items": [item()]}, headers=AUTH)).status_code == 200
+
+
+async def test_disconnected_client_is_skipped(tiny_store: ModelStore) -> None:
+    """The disconnect probe is the network boundary: a client whose connection is gone gets no forward pass."""
+    async with serve(make_settings(tiny_store)) as (app, _):
+        rm = current_rm(app)
+        batcher = services(app).batcher
+        gate = Gate(rm)
+        try:
+            blocker = asyncio.create_task(batcher.submit(rm, [rm.prepare(ScoreItem(CONV, "a"))], timeout=10))
+            await gate.wait_entered()
+
+            async def gone() -> bool:
+                return True
+
+            async def here() -> bool:
+                return False
+
+            left = asyncio.create_task(
+                batcher.submit(rm, [rm.prepare(ScoreItem(CONV, "b"))], timeout=10, disconnected=gone)
+            )
+            stays = asyncio.create_task(
+                batcher.submit(rm, [rm.prepare(ScoreItem(CONV, "c"))], timeout=10, disconnected=here)
+            )
+            await wait_until(lambda: batcher.depth == 2)
+            gate.release()
+            await blocker
+            results = await asyncio.gather(left, stays, return_exceptions=True)
+        finally:
+            gate.restore()
+        assert isinstance(results[0], ClientDisconnectedError)
+        assert not isinstance(results[1], BaseException)
+        assert gate.batches == [1, 1]  # only the connected client's item ran
+
+
+async def test_batch_failure_fails_only_its_requests(tiny_store: ModelStore) -> None:
+    async with serve(make_settings(tiny_store, max_batch_size=1)) as (app, client):
+        rm = current_rm(app)
+        real = rm.forward
+
+        def poisoned(batch: Any) -> Any:  # a fault inside the worker thread for one specific input
+            if any(p.item.response == "poison" for p in batch):
+                raise RuntimeError("simulated device fault")
+            return real(batch)
+
+        rm.forward = poisoned  # type: ignore[method-assign]
+        try:
+            bad, good = await asyncio.gather(
+                client.post("/v1/score", json={"items": [item("poison")]}, headers=AUTH),
+                client.post("/v1/score", json={"items": [item("fine")]}, headers=AUTH),
+            )
+        finally:
+            rm.forward = real  # type: ignore[method-assign]
+        assert bad.status_code == 500 and bad.json()["error"]["type"] == "batch_failed"
+        assert "simulated" not in bad.text and "Traceback" not in bad.text
+        assert good.status_code == 200
+        assert (await client.post("/v1/score", json={"items": [item("poison")]}, headers=AUTH)).status_code == 200
+
+
+async def test_stopping_fails_queued_and_running_requests_instead_of_hanging(tiny_store: ModelStore) -> None:
+    async with serve(make_settings(tiny_store)) as (app, _):
+        rm, batcher = current_rm(app), services(app).batcher
+        gate = Gate(rm)
+        try:
+            running = asyncio.create_task(batcher.submit(rm, [rm.prepare(ScoreItem(CONV, "a"))], timeout=30))
+            await gate.wait_entered()
+            queued = asyncio.create_task(batcher.submit(rm, [rm.prepare(ScoreItem(CONV, "b"))], timeout=30))
+            await wait_until(lambda: batcher.depth == 1)
+            await batcher.stop()
+            results = await asyncio.wait_for(asyncio.gather(running, queued, return_exceptions=True), 5)
+        finally:
+            gate.restore()
+        assert all(isinstance(r, ShuttingDownError) for r in results), results
+        with pytest.raises(ShuttingDownError):  # a stopped batcher takes no new work
+            await batcher.submit(rm, [rm.prepare(ScoreItem(CONV, "c"))], timeout=30)

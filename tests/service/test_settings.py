@@ -1,0 +1,60 @@
+"""The one settings class: environment parsing, validation with clear errors, and `armo serve` refusing bad ones."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from armo.model_store.store import BUNDLED_ROOT
+from armo.settings import Settings
+
+
+def test_defaults_serve_the_bundled_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ARMO_STORE_ROOT", raising=False)
+    s = Settings()
+    assert (s.store_root, s.model, s.alias, s.backbone) == (BUNDLED_ROOT, "armo-smollm2", "current", None)
+    assert (s.host, s.port, s.device, s.dtype) == ("127.0.0.1", 8000, "cpu", "float32")
+    assert s.api_keys == [] and s.admin_key is None
+
+
+def test_environment_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARMO_API_KEYS", "first-key-123, second-key-456")
+    monkeypatch.setenv("ARMO_ADMIN_KEY", "admin-key-789")
+    monkeypatch.setenv("ARMO_MAX_BATCH_SIZE", "7")
+    monkeypatch.setenv("ARMO_WATCH_INTERVAL_S", "0")
+    s = Settings()
+    assert s.api_key_values() == ["first-key-123", "second-key-456"]
+    assert s.max_batch_size == 7 and s.watch_interval_s == 0
+    assert "admin-key-789" not in repr(s) and "first-key-123" not in repr(s)  # secrets stay hidden
+    monkeypatch.setenv("ARMO_API_KEYS", '["json-key-0001"]')
+    assert Settings().api_key_values() == ["json-key-0001"]
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "words"),
+    [
+        ("ARMO_DEVICE", "tpu", "device"),
+        ("ARMO_DTYPE", "bfloat16", "float32"),
+        ("ARMO_MAX_BATCH_SIZE", "0", "greater than or equal"),
+        ("ARMO_API_KEYS", "short", "at least 8"),
+        ("ARMO_PORT", "70000", "less than or equal"),
+    ],
+)
+def test_bad_values_are_refused_clearly(monkeypatch: pytest.MonkeyPatch, env: str, value: str, words: str) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ValidationError, match=words):
+        Settings()
+
+
+def test_armo_serve_reports_bad_settings_without_a_trace(monkeypatch: pytest.MonkeyPatch) -> None:
+    import typer
+
+    from armo.service.cli import serve
+
+    app = typer.Typer()
+    app.command()(serve)
+    monkeypatch.setenv("ARMO_DEVICE", "tpu")
+    result = CliRunner().invoke(app, [])
+    assert result.exit_code == 2
+    assert "ARMO_DEVICE" in result.output and "Traceback" not in result.output

@@ -1,0 +1,127 @@
+"""The real thing: `armo serve` (uvicorn) in a subprocess on 127.0.0.1, talked to over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from armo.model_store.backbone import Backbone
+from armo.model_store.store import ModelStore
+from tests.conftest import make_artifact
+from tests.service.conftest import ADMIN, ADMIN_KEY, API_KEY, AUTH, CONV, item
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def server(tiny_store: ModelStore, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "ARMO_STORE_ROOT": str(tiny_store.root),
+        "ARMO_MODEL": "tiny",
+        "ARMO_API_KEYS": API_KEY,
+        "ARMO_ADMIN_KEY": ADMIN_KEY,
+        "ARMO_WATCH_INTERVAL_S": "0.2",
+        "ARMO_TORCH_THREADS": "1",
+        "PYTHONPATH": str(ROOT / "src"),
+    }
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "armo.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield f"http://127.0.0.1:{port}", proc, log_path
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+
+
+def wait_ready(client: httpx.Client, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            if client.get("/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"server not ready in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def test_armo_serve_over_http(
+    server: tuple[str, subprocess.Popen[bytes], Path], tiny_store: ModelStore, tiny_backbone: Backbone
+) -> None:
+    base, proc, log = server
+    with httpx.Client(base_url=base, timeout=30) as client:
+        wait_ready(client, proc, log)
+        assert client.get("/health").json() == {"status": "ok"}
+
+        r = client.post("/v1/score", json={"items": [item("Paris."), item("Lyon.")]}, headers=AUTH)
+        assert r.status_code == 200, r.text
+        scores = [x["score"] for x in r.json()["results"]]
+        assert client.post("/v1/score", json={"items": [item()]}).status_code == 401
+
+        ex = client.post("/v1/explain", json={"items": [item("Paris.")]}, headers=AUTH).json()["results"][0]
+        assert abs(sum(ex["contributions"].values()) - scores[0]) < 1e-5
+
+        cmp = client.post("/v1/compare", json={"messages": CONV, "responses": ["Paris.", "Lyon."]}, headers=AUTH)
+        assert cmp.json()["scores"] == pytest.approx(scores, abs=1e-5)
+
+        text = tiny_backbone.tokenizer.apply_chat_template(
+            [*CONV, {"role": "assistant", "content": "Paris."}], tokenize=False
+        )
+        rewards = client.post("/get_reward", json={"query": [text]}, headers=AUTH).json()["rewards"]
+        assert rewards == pytest.approx(scores[:1], abs=1e-5)
+
+        bad = client.post("/v1/score", content=b"{nope", headers={**AUTH, "content-type": "application/json"})
+        assert bad.status_code == 400 and bad.json()["error"]["type"] == "malformed_json"
+
+        # Hot reload picked up by the watcher of the running process.
+        tiny_store.publish(*make_artifact(tiny_backbone, version="v2", seed=7))
+        end = time.monotonic() + 30
+        while client.get("/ready").json()["version"] != "v2":
+            assert time.monotonic() < end, log.read_text()[-3000:]
+            time.sleep(0.1)
+        assert client.post("/v1/score", json={"items": [item()]}, headers=AUTH).json()["version"] == "v2"
+        assert client.post("/v1/models/reload", headers=ADMIN).json()["result"] == "unchanged"
+
+        families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+        assert {"armo_requests", "armo_batch_size", "armo_score_length_spearman", "armo_model_info"} <= set(families)
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a graceful shutdown
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    access = [x for x in lines if x.get("event") == "access"]
+    assert access and all(len(x["request_id"]) >= 8 for x in access)
+    assert any(x.get("event") == "reload" and x.get("version") == "v2" for x in lines)
+    assert any(x.get("event") == "stop" for x in lines), lines[-3:]  # the lifespan ran to the end: graceful
+    assert API_KEY not in log.read_text() and ADMIN_KEY not in log.read_text()

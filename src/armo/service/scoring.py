@@ -147,7 +147,9 @@ class Scorer:
             out.append((_namer(f"items[{i}]", prompt=it.prompt is not None), ScoreItem(it.as_messages(), it.response)))
         return out
 
-    async def score(self, req: p.ScoreRequest, disconnected: Disconnected | None = None) -> p.ScoreResponse:
+    async def _run_items(
+        self, req: p.ScoreRequest | p.ExplainRequest, endpoint: str, disconnected: Disconnected | None
+    ) -> tuple[LoadedModel, list[ItemResult]]:
         items = self._items(req.items)
         loaded = self._model()
         steering = self._steering(loaded.rm, req.weights, req.mask)
@@ -158,8 +160,12 @@ class Scorer:
             steering=steering,
             timeout=req.timeout_s,
             disconnected=disconnected,
-            endpoint="score",
+            endpoint=endpoint,
         )
+        return loaded, results
+
+    async def score(self, req: p.ScoreRequest, disconnected: Disconnected | None = None) -> p.ScoreResponse:
+        loaded, results = await self._run_items(req, "score", disconnected)
         return p.ScoreResponse(
             model=loaded.rm.name,
             version=loaded.version,
@@ -175,18 +181,7 @@ class Scorer:
         )
 
     async def explain(self, req: p.ExplainRequest, disconnected: Disconnected | None = None) -> p.ExplainResponse:
-        items = self._items(req.items)
-        loaded = self._model()
-        steering = self._steering(loaded.rm, req.weights, req.mask)
-        results = await self._run(
-            loaded,
-            items,
-            truncate=req.truncate,
-            steering=steering,
-            timeout=req.timeout_s,
-            disconnected=disconnected,
-            endpoint="explain",
-        )
+        loaded, results = await self._run_items(req, "explain", disconnected)
         top = self.limits.top_contributors
         return p.ExplainResponse(
             model=loaded.rm.name,
@@ -206,7 +201,7 @@ class Scorer:
                         p.Contributor(objective=name, contribution=value)
                         for name, value in sorted(r.contributions.items(), key=lambda kv: -abs(kv[1]))[:top]
                     ],
-                    steered=steering is not None,
+                    steered=req.weights is not None or bool(req.mask),
                 )
                 for r in results
             ],

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     cache_dir: Path | None = Field(default=None, description="Cache of converted backbones (default ~/.cache/armo).")
     device: str = Field(default="cpu", description="Torch device: cpu, cuda, cuda:N or mps.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32", description="Backbone dtype.")
+    quantize: Literal["none", "int8"] = Field(
+        default="none",
+        description="Opt-in approximate CPU path: int8 dynamic quantisation of the backbone's Linear layers "
+        "(its speed and score cost are measured in docs/BENCHMARKS.md).",
+    )
     torch_threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads; default: torch's choice.")
 
     # -- micro-batcher --------------------------------------------------------------------------------------
@@ -122,6 +127,8 @@ class Settings(BaseSettings):
         # bf16/fp16 matmuls on CPU are hundreds of times slower than fp32 here (DESIGN.md §4): refuse, clearly.
         if self.device == "cpu" and self.dtype != "float32":
             raise ValueError(f"ARMO_DTYPE={self.dtype} with ARMO_DEVICE=cpu is extremely slow; use float32 on CPU")
+        if self.quantize != "none" and self.device != "cpu":
+            raise ValueError(f"ARMO_QUANTIZE={self.quantize} runs on the CPU only (ARMO_DEVICE={self.device})")
         return self
 
     def api_key_values(self) -> list[str]:

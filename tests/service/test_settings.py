@@ -39,6 +39,7 @@ def test_environment_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
         ("ARMO_MAX_BATCH_SIZE", "0", "greater than or equal"),
         ("ARMO_API_KEYS", "short", "at least 8"),
         ("ARMO_PORT", "70000", "less than or equal"),
+        ("ARMO_QUANTIZE", "fp4", "none"),
     ],
 )
 def test_bad_values_are_refused_clearly(monkeypatch: pytest.MonkeyPatch, env: str, value: str, words: str) -> None:
@@ -58,3 +59,12 @@ def test_armo_serve_reports_bad_settings_without_a_trace(monkeypatch: pytest.Mon
     result = CliRunner().invoke(app, [])
     assert result.exit_code == 2
     assert "ARMO_DEVICE" in result.output and "Traceback" not in result.output
+
+
+def test_int8_is_refused_off_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARMO_QUANTIZE", "int8")
+    assert Settings().quantize == "int8"
+    monkeypatch.setenv("ARMO_DEVICE", "cuda")
+    monkeypatch.setenv("ARMO_DTYPE", "bfloat16")
+    with pytest.raises(ValidationError, match="CPU only"):
+        Settings()

@@ -84,7 +84,11 @@ class Reloader:
             return cur, False
         spec = override or ref.id
         backbone = self.backbone_loader(
-            spec, cache_dir=self.settings.cache_dir, device=self.settings.device, dtype=self.settings.dtype
+            spec,
+            cache_dir=self.settings.cache_dir,
+            device=self.settings.device,
+            dtype=self.settings.dtype,
+            quantize=self.settings.quantize,
         )
         if override is None and backbone.revision != ref.revision:
             raise ArtifactError(

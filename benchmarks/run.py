@@ -100,6 +100,14 @@ def matmul_gflops(size: int = 2048, seconds: float = 3.0) -> float:
     return 2 * size**3 * n / (time.perf_counter() - started) / 1e9
 
 
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
 def flops_per_token(backbone: Backbone, context: float) -> float:
     """2 × non-embedding parameters (no LM head is run) + attention scores/values at the mean causal context."""
     cfg = backbone.model.config
@@ -198,7 +206,7 @@ def main(
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "torch_threads": threads,
             "torch": torch.__version__,

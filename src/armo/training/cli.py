@@ -1,18 +1,123 @@
-"""`armo train …` and `armo eval` (placeholder until the training pipeline lands)."""
+"""`armo train …` and `armo eval`."""
 
 from __future__ import annotations
 
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from armo.training.config import TrainConfig, load_config
+
+log = logging.getLogger(__name__)
 
 train_app = typer.Typer(no_args_is_help=True, help="Offline training jobs.")
 
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="JSON config (TrainConfig); defaults if absent")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="override, e.g. --set gating.input=response (JSON value)")
+]
+
+
+def _overrides(values: list[str] | None) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for v in values or []:
+        key, _, raw = v.partition("=")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def _config(config: Path | None, sets: list[str] | None) -> TrainConfig:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return load_config(config, _overrides(sets))
+
+
+@train_app.command("extract")
+def train_extract(
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    eval_set: Annotated[bool, typer.Option("--eval", help="featurise the RewardBench evaluation set instead")] = False,
+    fast: Annotated[bool, typer.Option("--fast/--full", help="evaluation set: stratified sample or all rows")] = True,
+    part: Annotated[int | None, typer.Option("--part", help="only this extraction job of the training set")] = None,
+) -> None:
+    """Featurise the training set (or the evaluation set) into the feature cache; resumable."""
+    from armo.training.featurize import featurize
+    from armo.training.prepare import build_eval_set, build_training_set
+
+    cfg = _config(config, sets)
+    if eval_set:
+        ds = build_eval_set(cfg.eval, fast)
+        name = "rewardbench-fast" if fast else "rewardbench-full"
+    else:
+        ds = build_training_set(cfg.data)
+        name = "train"
+    _, seconds = featurize(cfg, ds, name, only_part=part)
+    typer.echo(f"{name}: {len(ds.items)} responses featurised in {seconds:.0f} s")
+
 
 @train_app.command("run")
-def train_run() -> None:
-    """Run every training stage end to end."""
-    raise typer.Exit(code=1)
+def train_run(
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    run_name: Annotated[str, typer.Option("--name", help="run name (output directory under out_dir)")] = "default",
+) -> None:
+    """Run every stage end to end: features → objectives → debias → gating → evaluate → publish."""
+    from armo.training.pipeline import run
+    from armo.training.report import print_scores
+
+    cfg = _config(config, sets)
+    result = run(cfg, run_name)
+    out = Path(cfg.out_dir) / run_name / "result.json"
+    saved = json.loads(out.read_text())
+    saved["command"] = "armo " + " ".join(sys.argv[1:])
+    out.write_text(json.dumps(saved, indent=2))
+    if result.eval is not None:
+        print_scores(result.eval.scores, title=f"{run_name}: {result.manifest.model}/{result.manifest.version}")
+    typer.echo(f"results: {Path(cfg.out_dir) / run_name / 'result.json'}")
 
 
-def eval_command() -> None:
-    """Evaluate an artifact on RewardBench."""
-    raise typer.Exit(code=1)
+@train_app.command("report")
+def train_report(
+    runs: Annotated[list[Path], typer.Argument(help="result.json files (or run directories), first = default")],
+    out: Annotated[Path, typer.Option("--out", help="markdown file to write the tables to")] = Path("runs/report.md"),
+    plot: Annotated[Path | None, typer.Option("--plot", help="PNG comparing the runs' four-section means")] = None,
+) -> None:
+    """Markdown tables (default's full RewardBench table + one row per run) from result.json files."""
+    from armo.training.report import write_report
+
+    write_report([r / "result.json" if r.is_dir() else r for r in runs], out, plot)
+    typer.echo(f"wrote {out}")
+
+
+def eval_command(
+    model: Annotated[str, typer.Option("--model", help="model name in the store")] = "armo-smollm2",
+    version: Annotated[str, typer.Option("--version", help="version or alias")] = "current",
+    store: Annotated[Path, typer.Option("--store", help="model store root")] = Path("src/armo/bundled"),
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    fast: Annotated[bool, typer.Option("--fast/--full", help="stratified sample of every subset, or all pairs")] = True,
+    out: Annotated[Path, typer.Option("--out", help="directory for rewardbench.json and plots")] = Path("runs/eval"),
+) -> None:
+    """Evaluate a published artifact on RewardBench v1 (features cached; same cap as the training config)."""
+    from armo.model_store.store import ModelStore
+    from armo.training.evaluate import evaluate_artifact
+    from armo.training.featurize import featurize, get_backbone
+    from armo.training.prepare import build_eval_set
+    from armo.training.report import print_scores
+
+    cfg = _config(config, sets)
+    manifest, head = ModelStore(store).load(model, version)
+    backbone = get_backbone(cfg.backbone)
+    ds = build_eval_set(cfg.eval, fast)
+    table, seconds = featurize(cfg, ds, "rewardbench-fast" if fast else "rewardbench-full", backbone)
+    result = evaluate_artifact(manifest, head, backbone, ds, table, out, fast=fast)
+    result.scores["extract_seconds"] = seconds
+    (out / "rewardbench.json").write_text(json.dumps(result.scores, indent=2))
+    print_scores(result.scores, title=f"{manifest.model}/{manifest.version}")
+    typer.echo(f"results: {out / 'rewardbench.json'}")

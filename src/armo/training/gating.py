@@ -1,0 +1,130 @@
+"""Stage 4: the gating network, trained with the Bradley-Terry loss on the *debiased* rewards (DESIGN.md §2.6).
+
+Backbone, regression and T are frozen: r' is precomputed per response. For each pair
+    R_c = g(x_c) · r'_c,  R_r = g(x_r) · r'_r,  loss = −log σ(R_c − R_r)      (β lives inside g: softmax(·/τ)·β)
+with x the prompt feature (identical for both sides: ArmoRM) or the response feature (rule-based variant).
+AdamW, cosine decay, early stopping on the validation pairs' loss; seeded, single-threaded → reproducible.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from armo.model_store.heads import GatingConfig, GatingNetwork
+from armo.training.config import GatingTrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PairTensors:
+    """Per pair: gating inputs and debiased rewards of both sides."""
+
+    x_chosen: Tensor  # [P, d]
+    x_rejected: Tensor  # [P, d]
+    r_chosen: Tensor  # [P, k]
+    r_rejected: Tensor  # [P, k]
+    weight: Tensor | None = None  # [P] per-pair loss weight (mean 1), e.g. to balance data sources
+
+    def __len__(self) -> int:
+        return int(self.r_chosen.shape[0])
+
+
+@dataclass
+class GatingResult:
+    network: GatingNetwork
+    metrics: dict[str, float]
+
+
+def gating_config(cfg: GatingTrainConfig) -> GatingConfig:
+    return GatingConfig(
+        hidden_dim=cfg.hidden_dim,
+        n_hidden=cfg.n_hidden,
+        temperature=cfg.temperature,
+        logit_scale_init=cfg.logit_scale_init,
+        dropout=cfg.dropout,
+        input=cfg.input,
+    )
+
+
+def bt_loss(net: GatingNetwork, batch: PairTensors) -> tuple[Tensor, Tensor]:
+    """(mean BT loss, margins [P])."""
+    margin = (net(batch.x_chosen) * batch.r_chosen).sum(1) - (net(batch.x_rejected) * batch.r_rejected).sum(1)
+    loss = F.softplus(-margin)  # softplus(−m) = −log σ(m)
+    if batch.weight is not None:
+        return (loss * batch.weight).sum() / batch.weight.sum(), margin
+    return loss.mean(), margin
+
+
+def _subset(p: PairTensors, idx: Tensor) -> PairTensors:
+    w = p.weight[idx] if p.weight is not None else None
+    return PairTensors(p.x_chosen[idx], p.x_rejected[idx], p.r_chosen[idx], p.r_rejected[idx], w)
+
+
+def _accuracy(margin: Tensor) -> float:
+    return float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean())
+
+
+def train_gating(train: PairTensors, val: PairTensors, cfg: GatingTrainConfig) -> GatingResult:
+    torch.manual_seed(cfg.seed)
+    d, k = train.x_chosen.shape[1], train.r_chosen.shape[1]
+    net = GatingNetwork(d, k, gating_config(cfg))
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.max_epochs * steps_per_epoch)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    best_loss, best_state, best_epoch, bad = math.inf, copy.deepcopy(net.state_dict()), 0, 0
+    for epoch in range(cfg.max_epochs):
+        net.train()
+        perm = torch.randperm(len(train), generator=gen)
+        for s in range(steps_per_epoch):
+            loss, _ = bt_loss(net, _subset(train, perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        net.eval()
+        with torch.no_grad():
+            val_loss = float(bt_loss(net, val)[0]) if len(val) else float(loss)
+        if val_loss < best_loss - 1e-5:
+            best_loss, best_state, best_epoch, bad = val_loss, copy.deepcopy(net.state_dict()), epoch, 0
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                break
+    net.load_state_dict(best_state)
+    net.eval()
+    with torch.no_grad():
+        tl, tm = bt_loss(net, train)
+        vl, vm = bt_loss(net, val) if len(val) else (tl, tm)
+    metrics = {
+        "best_epoch": float(best_epoch),
+        "epochs_run": float(epoch + 1),
+        "train_loss": float(tl),
+        "train_accuracy": _accuracy(tm),
+        "val_loss": float(vl),
+        "val_accuracy": _accuracy(vm),
+        "logit_scale": float(net.logit_scale.detach()[0]),
+    }
+    log.info("gating: %s", metrics)
+    return GatingResult(net, metrics)
+
+
+def equal_gating(d: int, k: int, cfg: GatingTrainConfig) -> GatingNetwork:
+    """Fixed equal weights 1/k (ablation): the last layer is zero, so softmax is uniform; β = 1."""
+    net = GatingNetwork(d, k, gating_config(cfg))
+    with torch.no_grad():
+        last = net.layers[-1]
+        assert isinstance(last, torch.nn.Linear)
+        last.weight.zero_()
+        if last.bias is not None:
+            last.bias.zero_()
+        net.logit_scale.fill_(1.0)
+    return net.eval()

@@ -1,0 +1,137 @@
+"""Select the rows a run trains / evaluates on and turn them into one deduplicated extraction job each.
+
+A response that appears in several rows (an UltraFeedback rating and the side of an UltraFeedback pair) is
+featurised once. Splits are by id hash (`data.split`); a rating row of a pair follows its pair's split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from armo.model_store.errors import InputError
+from armo.model_store.features import validate_conversation
+from armo.training.config import DataConfig, EvalConfig
+from armo.training.data import (
+    PairRow,
+    RatingRow,
+    file_sha256,
+    id_fraction,
+    load_pairs,
+    load_ratings,
+    stratified_sample,
+)
+from armo.training.extract import Item
+
+SUFFIXES = ("-chosen", "-rejected")
+
+
+@dataclass
+class Dataset:
+    items: list[Item] = field(default_factory=list)
+    ratings: list[RatingRow] = field(default_factory=list)
+    rating_item: list[int] = field(default_factory=list)  # item index of each rating row
+    rating_val: list[bool] = field(default_factory=list)
+    pairs: list[PairRow] = field(default_factory=list)
+    pair_items: list[tuple[int, int]] = field(default_factory=list)  # (chosen item, rejected item)
+    pair_val: list[bool] = field(default_factory=list)
+    data_hashes: dict[str, str] = field(default_factory=dict)
+    parts: list[int] = field(default_factory=list)  # item boundaries of the extraction jobs ([] = one job)
+    _index: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
+
+    def item(self, messages: Sequence[dict[str, str]], response: str) -> int:
+        key = (repr(list(messages)), response)
+        if key not in self._index:
+            self._index[key] = len(self.items)
+            self.items.append(Item(tuple(messages), response))
+        return self._index[key]
+
+    def add_pair(self, p: PairRow, val: bool) -> None:
+        self.pairs.append(p)
+        self.pair_items.append((self.item(p.messages, p.chosen), self.item(p.messages, p.rejected)))
+        self.pair_val.append(val)
+
+    def add_rating(self, r: RatingRow, val: bool) -> None:
+        self.ratings.append(r)
+        self.rating_item.append(self.item(r.messages, r.response))
+        self.rating_val.append(val)
+
+
+def valid(messages: Sequence[dict[str, str]], *responses: str) -> bool:
+    """Rows the chat template cannot render faithfully (empty turns …) are skipped in training."""
+    try:
+        for r in responses:
+            validate_conversation(messages, r)
+    except InputError:
+        return False
+    return True
+
+
+def pair_group(p: PairRow) -> str:
+    return f"{p.source}/{p.objective}"
+
+
+def rating_group(r: RatingRow) -> str:
+    return f"{r.source}/{'multi' if len(r.ratings) > 1 else next(iter(r.ratings), 'none')}"
+
+
+def _split_key(row_id: str) -> str:
+    for s in SUFFIXES:
+        if row_id.endswith(s):
+            return row_id[: -len(s)]
+    return row_id
+
+
+def _add_rows(ds: Dataset, cfg: DataConfig, pair_sample: dict[str, int], rating_sample: dict[str, int]) -> None:
+    """Add the sampled rows not already in `ds` (a larger sample with the same seed is a superset)."""
+    root = Path(cfg.root)
+    have = {p.id for p in ds.pairs} | {r.id for r in ds.ratings}
+    sampled_pair_ids = {p.id for p in ds.pairs}
+    for f in cfg.pairwise:
+        ds.data_hashes[f] = file_sha256(root / f)
+        rows = [p for p in load_pairs(root / f) if valid(p.messages, p.chosen, p.rejected)]
+        for p in stratified_sample(rows, pair_group, pair_sample, cfg.seed):
+            sampled_pair_ids.add(p.id)
+            if p.id not in have:
+                ds.add_pair(p, id_fraction(p.id) < cfg.val_fraction)
+    for f in cfg.ratings:
+        ds.data_hashes[f] = file_sha256(root / f)
+        rated = [r for r in load_ratings(root / f) if valid(r.messages, r.response)]
+        follow = [r for r in rated if r.source in cfg.ratings_follow_pairs and _split_key(r.id) in sampled_pair_ids]
+        rest = stratified_sample(
+            [r for r in rated if r.source not in cfg.ratings_follow_pairs], rating_group, rating_sample, cfg.seed
+        )
+        for r in follow + rest:
+            if r.id not in have:
+                ds.add_rating(r, id_fraction(_split_key(r.id)) < cfg.val_fraction)
+
+
+def build_training_set(cfg: DataConfig) -> Dataset:
+    """The base sample, then (optionally) an extension whose new responses form `extra_parts` separate extraction
+    jobs, so a cached base is reused and the extension can be featurised by parallel processes."""
+    ds = Dataset()
+    _add_rows(ds, cfg, cfg.pair_sample, cfg.rating_sample)
+    ds.parts = [0, len(ds.items)]
+    if cfg.extra_pair_sample or cfg.extra_rating_sample:
+        _add_rows(
+            ds, cfg, {**cfg.pair_sample, **cfg.extra_pair_sample}, {**cfg.rating_sample, **cfg.extra_rating_sample}
+        )
+        n_base, n = ds.parts[1], len(ds.items)
+        step = -(-(n - n_base) // max(1, cfg.extra_parts))
+        ds.parts += [min(n, n_base + step * (i + 1)) for i in range(cfg.extra_parts) if n_base + step * i < n]
+    return ds
+
+
+def build_eval_set(cfg: EvalConfig, fast: bool) -> Dataset:
+    """RewardBench filtered (+ prior sets); fast mode keeps a stratified `fast_fraction` of every subset."""
+    root = Path(cfg.root)
+    ds = Dataset()
+    for f in [cfg.rewardbench, *cfg.prior]:
+        ds.data_hashes[f] = file_sha256(root / f)
+        rows = load_pairs(root / f)
+        if fast:
+            rows = stratified_sample(rows, lambda p: p.subset, cfg.fast_fraction, cfg.seed, cfg.fast_min)
+        for p in rows:
+            ds.add_pair(p, False)
+    return ds

@@ -1,0 +1,46 @@
+"""`armo train run` and `armo eval` through the real CLI on the tiny config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from armo.cli import app
+from armo.training.config import TrainConfig
+
+
+def test_train_run_then_eval(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    cfg_path = tmp_path / "config.json"
+    cfg_path.write_text(json.dumps(tiny_config.to_dict()))
+    runner = CliRunner()
+    res = runner.invoke(
+        app, ["train", "run", "--config", str(cfg_path), "--set", "gating.max_epochs=2", "--name", "cli"]
+    )
+    assert res.exit_code == 0, res.output
+    saved = json.loads((Path(tiny_config.out_dir) / "cli" / "result.json").read_text())
+    assert saved["command"].startswith("armo ") and saved["config"]["gating"]["max_epochs"] == 2
+    out = tmp_path / "eval"
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            tiny_config.name,
+            "--store",
+            tiny_config.store,
+            "--config",
+            str(cfg_path),
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    scores = json.loads((out / "rewardbench.json").read_text())
+    assert scores["four_section_mean"] == saved["metrics"]["rewardbench"]["four_section_mean"]
+    assert (out / "gating_by_subset.png").is_file()
+    report = tmp_path / "report.md"
+    res = runner.invoke(app, ["train", "report", str(Path(tiny_config.out_dir) / "cli"), "--out", str(report)])
+    assert res.exit_code == 0, res.output
+    assert "four-section mean" in report.read_text()

@@ -1,0 +1,99 @@
+"""Feature extraction: shared-prompt forward equals one pass per response; the length cap; cache resumption."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from armo.model_store.backbone import Backbone
+from armo.model_store.features import encode, extract
+from armo.training.extract import ExtractConfig, Item, encode_group, forward_groups, run_extraction
+
+CONVS = [
+    [{"role": "user", "content": "Hi there, how are you?"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "Why?"},
+    ],
+    [{"role": "user", "content": "Name a colour."}],
+]
+RESPONSES = [["Fine, thanks.", "I am well, and you? " * 3], ["Arithmetic.", "Because 2 and 2 make 4."], ["Blue."]]
+
+
+def test_shared_prompt_equals_single_pass(tiny_backbone: Backbone) -> None:
+    cfg = ExtractConfig(max_length=512)
+    groups = [encode_group(tiny_backbone, m, r, cfg) for m, r in zip(CONVS, RESPONSES, strict=True)]
+    prompt, response = forward_groups(tiny_backbone, groups)
+    flat = [
+        encode(tiny_backbone.tokenizer, m, x, max_length=512)
+        for m, rs in zip(CONVS, RESPONSES, strict=True)
+        for x in rs
+    ]
+    ref = extract(tiny_backbone, flat)
+    assert torch.allclose(prompt, ref.prompt, atol=1e-4)
+    assert torch.allclose(response, ref.response, atol=1e-4)
+
+
+def test_length_cap_keeps_boundary_and_end_of_turn(tiny_backbone: Backbone) -> None:
+    tok = tiny_backbone.tokenizer
+    messages = [{"role": "user", "content": "word " * 200}]
+    responses = ["short answer", "long answer " * 100]
+    cfg = ExtractConfig(max_length=96, min_prompt_tokens=32)
+    g = encode_group(tiny_backbone, messages, responses, cfg)
+    full = [encode(tok, messages, r, max_length=1 << 20) for r in responses]
+    assert all(len(g.prompt_ids) + len(s) <= 96 for s in g.suffixes)
+    assert len(g.prompt_ids) == 32 and g.truncated == (True, True)
+    assert g.prompt_ids[0] == full[0].input_ids[0]  # BOS (or first template token) kept
+    assert g.prompt_ids[g.prompt_index] == full[0].input_ids[full[0].prompt_index]  # the boundary token survives
+    assert g.suffixes[1][-1] == full[1].input_ids[-1]  # the end-of-turn token the feature is read from
+    assert g.response_tokens[1] == full[1].response_tokens  # verbosity sees the untruncated length
+
+
+def test_no_truncation_under_the_cap(tiny_backbone: Backbone) -> None:
+    g = encode_group(tiny_backbone, CONVS[0], RESPONSES[0], ExtractConfig(max_length=512))
+    full = encode(tiny_backbone.tokenizer, CONVS[0], RESPONSES[0][1], max_length=512)
+    assert g.truncated == (False, False)
+    assert g.prompt_ids + g.suffixes[1] == full.input_ids
+    assert g.prompt_index == full.prompt_index
+
+
+def _items() -> list[Item]:
+    return [Item(tuple(m), r) for m, rs in zip(CONVS, RESPONSES, strict=True) for r in rs] + [
+        Item(({"role": "user", "content": f"Count to {i}."},), " ".join(str(j) for j in range(i))) for i in range(1, 8)
+    ]
+
+
+def test_resumes_after_interruption(tiny_backbone: Backbone, tmp_path: Path) -> None:
+    items = _items()
+    cfg = ExtractConfig(max_length=128, shard_size=3)
+    with pytest.raises(RuntimeError, match="stopped after 2 new shard"):
+        run_extraction(tiny_backbone, items, name="t", cache_root=tmp_path, cfg=cfg, max_new_shards=2, progress=False)
+    (job,) = tmp_path.iterdir()
+    first = sorted(job.glob("shard-*.safetensors"))
+    assert len(first) == 2
+    mtimes = {p: p.stat().st_mtime_ns for p in first}
+    (job / ".shard-00002.safetensors.partial").write_bytes(b"junk from a kill")  # a torn temp file is ignored
+    table = run_extraction(tiny_backbone, items, name="t", cache_root=tmp_path, cfg=cfg, progress=False)
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())  # finished shards were not recomputed
+    fresh = run_extraction(tiny_backbone, items, name="fresh", cache_root=tmp_path / "other", cfg=cfg, progress=False)
+    assert len(table) == len(items)
+    assert torch.allclose(table.response, fresh.response, atol=1e-5)
+    assert torch.allclose(table.prompt, fresh.prompt, atol=1e-5)
+    # items come back in input order: compare with a direct single-pass extraction
+    enc = [encode(tiny_backbone.tokenizer, it.messages, it.response, max_length=128) for it in items]
+    assert torch.allclose(table.response, extract(tiny_backbone, enc).response, atol=1e-4)
+
+
+def test_cache_key_changes_with_cap(tiny_backbone: Backbone, tmp_path: Path) -> None:
+    items = _items()[:3]
+    run_extraction(
+        tiny_backbone, items, name="t", cache_root=tmp_path, cfg=ExtractConfig(max_length=128), progress=False
+    )
+    run_extraction(
+        tiny_backbone, items, name="t", cache_root=tmp_path, cfg=ExtractConfig(max_length=64), progress=False
+    )
+    assert len(list(tmp_path.iterdir())) == 2

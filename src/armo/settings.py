@@ -47,9 +47,13 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads; default: torch's choice.")
 
     # -- micro-batcher --------------------------------------------------------------------------------------
-    max_batch_size: int = Field(default=32, ge=1, description="Most items in one forward batch.")
-    max_batch_tokens: int = Field(
-        default=8192, ge=16, description="Token budget of one forward batch (sum of lengths)."
+    max_batch_size: int = Field(default=32, ge=1, description="Most items the batcher merges into one batch.")
+    max_batch_tokens: int = Field(default=8192, ge=16, description="Token budget of one merged batch (sum of lengths).")
+    forward_batch_tokens: int = Field(
+        default=1024,
+        ge=16,
+        description="Padded tokens per forward pass inside a batch (rows × longest). ~1024 is fastest on a CPU "
+        "(bigger padded batches lose to attention-mask overhead there, docs/BENCHMARKS.md); use 8k-16k on a GPU.",
     )
     max_wait_ms: float = Field(
         default=5.0, ge=0, description="How long the first request of a batch waits for company."

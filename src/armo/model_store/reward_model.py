@@ -60,7 +60,9 @@ class ItemResult:
 @dataclass(frozen=True)
 class ScoringConfig:
     max_length: int = 2048
-    max_batch_tokens: int = 8192
+    # Padded tokens per forward pass. On this CPU ~1024 is fastest: larger padded batches pay for masked
+    # attention over [B, heads, T, T] (measured in docs/BENCHMARKS.md); on a GPU use 8k-16k.
+    max_batch_tokens: int = 1024
     max_batch_size: int = 64
     padding_side: PaddingSide = "right"
 

@@ -104,7 +104,7 @@ class Reloader:
             limit = min(limit, self.settings.max_tokens)
         return ScoringConfig(
             max_length=limit,
-            max_batch_tokens=max(self.settings.max_batch_tokens, limit),
+            max_batch_tokens=self.settings.forward_batch_tokens,
             max_batch_size=self.settings.max_batch_size,
         )
 

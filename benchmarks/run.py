@@ -229,7 +229,8 @@ def main(
     print(f"matmul {gflops:.1f} GFLOP/s → ceiling {ceiling:.0f} tokens/s; workload {len(work)} pairs, {tokens} tokens")
 
     # Raw batched forward: the backbone alone, length-sorted batches, no sharing, no heads.
-    raw_s, _ = timed(lambda: extract_many(backbone, encoded, share_prompts=False))
+    budget = rm.config.max_batch_tokens  # the same (best-on-CPU) forward budget for every batched path
+    raw_s, _ = timed(lambda: extract_many(backbone, encoded, max_batch_tokens=budget, share_prompts=False))
     # Naive peer in-process: one full sequence per forward pass (the model card's way), then the heads.
     prepared = [Prepared(it, e) for it, e in zip(items, encoded, strict=True)]
 
@@ -255,7 +256,9 @@ def main(
     for n in (4, 16):
         bon = best_of_n(backbone, n)
         bon_enc = [rm.prepare(it).encoded for it in bon]
-        indep_s, _ = timed(lambda enc=bon_enc: extract_many(backbone, enc, share_prompts=False))
+        indep_s, _ = timed(
+            lambda enc=bon_enc: extract_many(backbone, enc, max_batch_tokens=budget, share_prompts=False)
+        )
         shared_s, _ = timed(lambda b=bon: rm.score(b))
         results[f"best_of_{n}"] = {
             "tokens": sum(e.length for e in bon_enc),

@@ -111,10 +111,14 @@ async def test_in_flight_request_finishes_on_its_version(tiny_store: ModelStore,
             pending = asyncio.create_task(client.post("/v1/score", json={"items": [item()]}, headers=AUTH))
             await gate.wait_entered()
             tiny_store.publish(*make_artifact(tiny_backbone, version="v2", seed=2))
-            r = await client.post("/v1/models/reload", headers=ADMIN)
-            assert r.status_code == 200 and r.json()["version"] == "v2"
+            # Loads run on the one torch thread (app.py says why), so the reload queues behind the forward pass.
+            reload = asyncio.create_task(client.post("/v1/models/reload", headers=ADMIN))
+            await asyncio.sleep(0.2)
+            assert not reload.done() and current_rm(app).version == "v1"
             gate.release()
             old = await pending
+            r = await reload
+            assert r.status_code == 200 and r.json()["version"] == "v2"
         finally:
             gate.restore()
         assert old.status_code == 200 and old.json()["version"] == "v1"

@@ -205,7 +205,7 @@ def _chunks(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int) 
 
 @torch.inference_mode()
 def extract_shared(
-    backbone: Backbone, group: Sequence[Encoded], *, max_batch_tokens: int = 8192, max_batch_size: int = 64
+    backbone: Backbone, group: Sequence[Encoded], *, max_batch_tokens: int = 1024, max_batch_size: int = 64
 ) -> Features:
     """Several responses to ONE prompt: the prompt runs once, its key/value cache is reused by every response.
 
@@ -247,7 +247,7 @@ def extract_many(
     backbone: Backbone,
     encoded: Sequence[Encoded],
     *,
-    max_batch_tokens: int = 8192,
+    max_batch_tokens: int = 1024,
     max_batch_size: int = 64,
     padding_side: PaddingSide = "right",
     share_prompts: bool = True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import torch
@@ -77,7 +78,12 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def build_services(settings: Settings, *, backbone_loader: BackboneLoader = load_backbone) -> Services:
     metrics = ServiceMetrics()
-    reloader = Reloader(settings, metrics, backbone_loader=backbone_loader)
+    # ONE thread runs every torch call (loads, smoke scores, forward passes). Measured on this 2-core CPU: once a
+    # second thread has run torch, the OpenMP teams of the two threads compete and forward passes lose 25-35 %
+    # throughput; with a single thread they keep full speed. A backbone load therefore queues scoring for its
+    # duration (requests wait, none fail); heads-only reloads take milliseconds.
+    torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="armo-torch")
+    reloader = Reloader(settings, metrics, backbone_loader=backbone_loader, executor=torch_thread)
     batcher = MicroBatcher(
         BatcherConfig(
             max_batch_size=settings.max_batch_size,
@@ -87,6 +93,7 @@ def build_services(settings: Settings, *, backbone_loader: BackboneLoader = load
             retry_after_s=settings.retry_after_s,
         ),
         metrics,
+        executor=torch_thread,
     )
     limits = Limits(
         max_items=settings.max_items,

@@ -64,12 +64,15 @@ class _Job:
 
 
 class MicroBatcher:
-    def __init__(self, config: BatcherConfig, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self, config: BatcherConfig, metrics: ServiceMetrics, *, executor: ThreadPoolExecutor | None = None
+    ) -> None:
         self.config = config
         self.metrics = metrics
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=config.max_queue)
         self._carry: _Job | None = None  # a job that did not fit the previous batch; it starts the next one
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="armo-forward")
+        # One thread for forward passes (shared with the reloader's loads when the app passes it in).
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="armo-forward")
         self._task: asyncio.Task[None] | None = None
         self._inflight: list[_Job] = []  # the batch being collected or run (failed on stop, never lost)
         self._closed = False

@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from armo.model_store.backbone import Backbone, load_backbone
@@ -62,12 +63,18 @@ class LoadedModel:
 
 class Reloader:
     def __init__(
-        self, settings: Settings, metrics: ServiceMetrics, *, backbone_loader: BackboneLoader = load_backbone
+        self,
+        settings: Settings,
+        metrics: ServiceMetrics,
+        *,
+        backbone_loader: BackboneLoader = load_backbone,
+        executor: Executor | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.store = ModelStore(settings.store_root)
         self.backbone_loader = backbone_loader
+        self.executor = executor  # the thread that runs torch (None: asyncio's default pool)
         self.current: LoadedModel | None = None
         self.last: ReloadStatus | None = None
         self._lock = asyncio.Lock()
@@ -144,7 +151,8 @@ class Reloader:
                     self.metrics.reloads.labels("unchanged").inc()
                     self.last = status
                     return status
-                loaded, fresh = await asyncio.to_thread(self._load, version)
+                loop = asyncio.get_running_loop()
+                loaded, fresh = await loop.run_in_executor(self.executor, self._load, version)
             except ArmoError as e:
                 self._record_failure(version or target, e, time.perf_counter() - started, source)
                 raise

@@ -103,8 +103,12 @@ def eval_command(
     sets: SetOpt = None,
     fast: Annotated[bool, typer.Option("--fast/--full", help="stratified sample of every subset, or all pairs")] = True,
     out: Annotated[Path, typer.Option("--out", help="directory for rewardbench.json and plots")] = Path("runs/eval"),
+    quantize: Annotated[
+        str, typer.Option("--quantize", help="none | int8: score with the opt-in int8 backbone (own feature cache)")
+    ] = "none",
 ) -> None:
     """Evaluate a published artifact on RewardBench v1 (features cached; same cap as the training config)."""
+    from armo.model_store.backbone import load_backbone
     from armo.model_store.store import ModelStore
     from armo.training.evaluate import evaluate_artifact
     from armo.training.featurize import featurize, get_backbone
@@ -113,7 +117,13 @@ def eval_command(
 
     cfg = _config(config, sets)
     manifest, head = ModelStore(store).load(model, version)
-    backbone = get_backbone(cfg.backbone)
+    if quantize == "none":
+        backbone = get_backbone(cfg.backbone)
+    elif quantize == "int8":  # the cache key does not see quantisation, so int8 features get their own directory
+        cfg = _config(config, [*(sets or []), f"cache_dir={Path(cfg.cache_dir) / quantize}"])
+        backbone = load_backbone(cfg.backbone, quantize="int8")
+    else:
+        raise typer.BadParameter("must be none or int8", param_hint="--quantize")
     ds = build_eval_set(cfg.eval, fast)
     table, seconds = featurize(cfg, ds, "rewardbench-fast" if fast else "rewardbench-full", backbone)
     result = evaluate_artifact(manifest, head, backbone, ds, table, out, fast=fast)

@@ -34,16 +34,13 @@ from tqdm import tqdm
 
 from armo.model_store.backbone import Backbone
 from armo.model_store.features import Message, encode, encode_prompt
+from armo.model_store.reward_model import ScoreItem
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Item:
-    """One (conversation, response) to featurise."""
-
-    messages: Sequence[Message]
-    response: str
+# One (conversation, response) to featurise: the same type the scoring path takes.
+Item = ScoreItem
 
 
 @dataclass(frozen=True)

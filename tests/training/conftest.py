@@ -175,7 +175,7 @@ def tiny_config(tmp_path: Path, synthetic_data: Path, tiny_backbone_dir: Path) -
                 "ultrafeedback/overall": 16,
             },
             "data.rating_sample": {"just-eval/multi": 24, "just-eval/justeval-safety": 24},
-            "data.extra_pair_sample": {"rmb/helpfulness": 16},  # a second and third extraction job
+            "data.extensions": [{"pair_sample": {"rmb/helpfulness": 16}}],  # a second and third extraction job
             "data.val_fraction": 0.25,
             "eval.root": str(synthetic_data),
             "extract.max_length": 128,

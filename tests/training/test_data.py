@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from armo.training import data
-from armo.training.config import DataConfig, EvalConfig
+from armo.training.config import DataConfig, EvalConfig, SampleExtension
 from armo.training.prepare import build_eval_set, build_training_set
 from tests.conftest import SHARED_DATA
 
@@ -99,11 +99,16 @@ def test_extension_reuses_the_base_sample(synthetic_data: Path) -> None:
         root=str(synthetic_data),
         pair_sample={"hh-rlhf/helpfulness": 3},
         rating_sample={},
-        extra_pair_sample={"hh-rlhf/helpfulness": 8, "rmb/helpfulness": 2},
-        extra_parts=2,
+        extensions=[
+            SampleExtension(pair_sample={"hh-rlhf/helpfulness": 8, "rmb/helpfulness": 2}, parts=2),
+            SampleExtension(pair_sample={"rmb/helpfulness": 4}, parts=1),
+        ],
     )
     ext = build_training_set(ext_cfg)
     n = len(base.items)
     assert ext.items[:n] == base.items  # same base items in the same order: the base job's cache key is unchanged
-    assert ext.parts[:2] == [0, n] and ext.parts[-1] == len(ext.items) and len(ext.parts) == 4
-    assert len(ext.pairs) == 3 + 5 + 2 and len({p.id for p in ext.pairs}) == len(ext.pairs)
+    assert ext.parts[:2] == [0, n] and ext.parts[-1] == len(ext.items) and len(ext.parts) == 5
+    assert len(ext.pairs) == 3 + 5 + 2 + 2 and len({p.id for p in ext.pairs}) == len(ext.pairs)
+    first = build_training_set(DataConfig(**{**vars(ext_cfg), "extensions": ext_cfg.extensions[:1]}))
+    assert ext.items[: len(first.items)] == first.items  # a later extension leaves earlier jobs' items unchanged
+    assert ext.parts[:4] == first.parts

@@ -3,6 +3,7 @@ then the published artifact scores through the serving code path exactly as the 
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from armo.model_store.backbone import load_backbone
 from armo.model_store.reward_model import RewardModel, ScoreItem
 from armo.model_store.store import ModelStore
 from armo.training.config import TrainConfig
-from armo.training.pipeline import run
+from armo.training.pipeline import run, sweep
 from armo.training.rewardbench import SECTIONS
 
 
@@ -78,3 +79,19 @@ def test_ablations_run(tiny_config: TrainConfig, overrides: dict[str, object]) -
     assert result.manifest.metrics["rewardbench"]["four_section_mean"] is not None
     if overrides.get("objectives.blackbox"):
         assert result.manifest.objective_names == ["preference"]
+
+
+def test_sweep_selects_on_validation_only(tiny_config: TrainConfig) -> None:
+    equal = copy.deepcopy(tiny_config)
+    equal.objectives.gating = "equal"
+    results = sweep(tiny_config, {"default": tiny_config, "equal": equal})
+    for acc in results.values():
+        groups = {k: v for k, v in acc.items() if k not in ("all", "balanced")}
+        assert groups and all(0.0 <= v <= 1.0 for v in groups.values())
+        assert acc["balanced"] == pytest.approx(sum(groups.values()) / len(groups))
+    assert not (Path(tiny_config.out_dir)).exists()  # nothing evaluated, written or published
+    assert not list(Path(tiny_config.cache_dir).glob("rewardbench*"))  # RewardBench not even featurised
+    other_data = copy.deepcopy(tiny_config)
+    other_data.data.val_fraction = 0.5
+    with pytest.raises(ValueError, match="changes the data"):
+        sweep(tiny_config, {"other": other_data})

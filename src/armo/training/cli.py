@@ -82,6 +82,39 @@ def train_run(
     typer.echo(f"results: {Path(cfg.out_dir) / run_name / 'result.json'}")
 
 
+@train_app.command("sweep")
+def train_sweep(
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    variants: Annotated[
+        list[str],
+        typer.Option("--try", help="a variant: overrides separated by ';', e.g. 'gating.lr=0.003;gating.dropout=0.2'"),
+    ] = [],  # noqa: B006 (typer reads the default)
+    out: Annotated[Path | None, typer.Option("--out", help="also write the table as JSON here")] = None,
+) -> None:
+    """Validation-only model selection over variants of one config (cached features; RewardBench never read)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from armo.training.pipeline import sweep
+
+    base = _config(config, sets)
+    tried = {
+        v: load_config(config, {**_overrides(sets), **_overrides([s for s in v.split(";") if s])})
+        for v in ["", *variants]
+    }
+    results = sweep(base, tried)
+    groups = sorted({g for r in results.values() for g in r} - {"all", "balanced"})
+    table = Table("variant", "balanced", "all", *groups, title="validation pair accuracy % (ties 0.5)")
+    for name, acc in results.items():
+        table.add_row(
+            name or "(config)", *(f"{100 * acc.get(k, float('nan')):.1f}" for k in ["balanced", "all", *groups])
+        )
+    Console(width=200).print(table)
+    if out is not None:
+        out.write_text(json.dumps(results, indent=2))
+
+
 @train_app.command("report")
 def train_report(
     runs: Annotated[list[Path], typer.Argument(help="result.json files (or run directories), first = default")],

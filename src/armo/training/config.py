@@ -17,6 +17,13 @@ def default_data_root() -> str:
 
 
 @dataclass
+class SampleExtension:
+    pair_sample: dict[str, int] = field(default_factory=dict)
+    rating_sample: dict[str, int] = field(default_factory=dict)
+    parts: int = 2  # extraction jobs for this extension's new responses (parallel processes may take one each)
+
+
+@dataclass
 class DataConfig:
     root: str = field(default_factory=default_data_root)
     ratings: list[str] = field(
@@ -48,13 +55,16 @@ class DataConfig:
     )
     # Rating rows of these sources are taken iff their pair was sampled (their features are then free).
     ratings_follow_pairs: list[str] = field(default_factory=lambda: ["ultrafeedback"])
-    # Optional extension of the sample (new totals per group); its new responses are featurised as `extra_parts`
-    # separate jobs after the base sample, so the base cache is reused.
-    extra_pair_sample: dict[str, int] = field(default_factory=dict)
-    extra_rating_sample: dict[str, int] = field(default_factory=dict)
-    extra_parts: int = 2
+    # Optional extensions of the sample, applied in order: each gives new totals per group (a superset of the sample
+    # before it, same seed) and its new responses are featurised as `parts` separate jobs after the ones before, so
+    # every earlier cache is reused when the sample grows.
+    extensions: list[SampleExtension] = field(default_factory=list)
     val_fraction: float = 0.15
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # JSON configs give plain dicts
+        self.extensions = [e if isinstance(e, SampleExtension) else SampleExtension(**e) for e in self.extensions]
 
 
 @dataclass

@@ -160,7 +160,9 @@ def _pair_tensors(f: Features, idx: list[int], x: np.ndarray, r: np.ndarray) -> 
 def _val_pair_accuracy(
     f: Features, val_idx: list[int], head: ArmoHead, x: np.ndarray, debiased: np.ndarray
 ) -> dict[str, float]:
-    """Pair accuracy (ties 0.5) of R = g(x) · r' on the validation pairs, overall and per source/objective."""
+    """Pair accuracy (ties 0.5) of R = g(x) · r' on the validation pairs: overall, per source/objective, and
+    "balanced" = the mean over those groups (the selection criterion: the group mix of the sample is a budget
+    choice, not the mix users score, so no group should dominate the choice)."""
     if not val_idx:
         return {}
     p = _pair_tensors(f, val_idx, x, debiased)
@@ -171,6 +173,7 @@ def _val_pair_accuracy(
     groups = [pair_group(f.train.pairs[i]) for i in val_idx]
     for g in sorted(set(groups)):
         out[g] = float(win[[k for k, h in enumerate(groups) if h == g]].mean())
+    out["balanced"] = float(np.mean([out[g] for g in set(groups)]))
     return out
 
 
@@ -247,8 +250,8 @@ def assemble(cfg: TrainConfig, f: Features, objs: Objectives, backbone: Backbone
     val_accuracy = _val_pair_accuracy(f, val_idx, head, x, debiased)
 
     report = {
-        # One selection criterion for every variant (black box, equal weights, learned gating): pair accuracy of
-        # the final score on the validation split of the training pairs. RewardBench is never used to choose.
+        # One selection criterion for every variant (black box, equal weights, learned gating): balanced pair
+        # accuracy of the final score on the validation split of the training pairs. RewardBench is never used.
         "val_pair_accuracy": val_accuracy,
         "objectives": {o.name: dict(o.metrics) for o in objectives if o.metrics},
         "verbosity_spearman": {
@@ -314,3 +317,17 @@ def run(cfg: TrainConfig, run_name: str = "default") -> RunResult:
         ModelStore(cfg.store).publish(manifest, result.head, alias=cfg.alias)
         log.info("published %s/%s to %s (alias %s)", manifest.model, manifest.version, cfg.store, cfg.alias)
     return result
+
+
+def sweep(base: TrainConfig, variants: dict[str, TrainConfig]) -> dict[str, dict[str, float]]:
+    """Validation-only model selection: every variant is fitted on the same cached features and scored by its
+    validation pair accuracy; nothing is evaluated on RewardBench and nothing is published. Variants may change
+    objectives, probes, debiasing and gating, not the data or the extraction (those would need other features)."""
+    backbone = get_backbone(base.backbone)
+    f = load_features(base, backbone, with_eval=False)
+    out = {}
+    for name, cfg in variants.items():
+        if cfg.data != base.data or cfg.extract != base.extract or cfg.backbone != base.backbone:
+            raise ValueError(f"sweep variant {name!r} changes the data, extraction or backbone")
+        out[name] = assemble(cfg, f, fit_objectives(cfg, f), backbone).report["val_pair_accuracy"]
+    return out

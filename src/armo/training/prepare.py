@@ -108,18 +108,19 @@ def _add_rows(ds: Dataset, cfg: DataConfig, pair_sample: dict[str, int], rating_
 
 
 def build_training_set(cfg: DataConfig) -> Dataset:
-    """The base sample, then (optionally) an extension whose new responses form `extra_parts` separate extraction
-    jobs, so a cached base is reused and the extension can be featurised by parallel processes."""
+    """The base sample, then each extension in turn; an extension's new responses form `parts` separate extraction
+    jobs, so the caches of the base and of earlier extensions are reused."""
     ds = Dataset()
     _add_rows(ds, cfg, cfg.pair_sample, cfg.rating_sample)
     ds.parts = [0, len(ds.items)]
-    if cfg.extra_pair_sample or cfg.extra_rating_sample:
-        _add_rows(
-            ds, cfg, {**cfg.pair_sample, **cfg.extra_pair_sample}, {**cfg.rating_sample, **cfg.extra_rating_sample}
-        )
-        n_base, n = ds.parts[1], len(ds.items)
-        step = -(-(n - n_base) // max(1, cfg.extra_parts))
-        ds.parts += [min(n, n_base + step * (i + 1)) for i in range(cfg.extra_parts) if n_base + step * i < n]
+    pairs, ratings = dict(cfg.pair_sample), dict(cfg.rating_sample)
+    for ext in cfg.extensions:
+        pairs.update(ext.pair_sample)
+        ratings.update(ext.rating_sample)
+        _add_rows(ds, cfg, pairs, ratings)
+        start, n = ds.parts[-1], len(ds.items)
+        step = -(-(n - start) // max(1, ext.parts))
+        ds.parts += [min(n, start + step * (i + 1)) for i in range(ext.parts) if start + step * i < n]
     return ds
 
 

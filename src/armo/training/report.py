@@ -51,21 +51,25 @@ def full_table(scores: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _pct(x: float | None) -> str:
+    return _f(100 * x) if x is not None else "–"
+
+
 def ablation_table(results: Sequence[dict[str, Any]]) -> str:
     head = (
-        "| run | Chat | Chat Hard | Safety | Reasoning | 4-section mean | prior (hhh) | v1 | ties | val pair acc "
-        "| command |"
+        "| run | Chat | Chat Hard | Safety | Reasoning | 4-section mean | prior (hhh) | v1 | ties "
+        "| val pair acc (balanced / all) | command |"
     )
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         s = r["metrics"].get("rewardbench", {})
         sec = s.get("per_section", {})
-        gval = r["metrics"].get("val_pair_accuracy", {}).get("all")
+        val = r["metrics"].get("val_pair_accuracy", {})
         cells = [_f(sec.get(n)) for n in SECTIONS]
         lines.append(
             f"| {r['run']} | {' | '.join(cells)} | **{_f(s.get('four_section_mean'))}** "
             f"± {_f(s.get('four_section_mean_se'))} | {_f(s.get('prior'))} | "
-            f"{_f(s.get('v1_score'))} | {s.get('ties', '–')} | {_f(100 * gval) if gval is not None else '–'} | "
+            f"{_f(s.get('v1_score'))} | {s.get('ties', '–')} | {_pct(val.get('balanced'))} / {_pct(val.get('all'))} | "
             f"`{r.get('command', '')}` |"
         )
     return "\n".join(lines)

@@ -39,10 +39,10 @@ class Settings(BaseSettings):
     cache_dir: Path | None = Field(default=None, description="Cache of converted backbones (default ~/.cache/armo).")
     device: str = Field(default="cpu", description="Torch device: cpu, cuda, cuda:N or mps.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32", description="Backbone dtype.")
-    quantize: Literal["none", "int8"] = Field(
+    quantize: Literal["none", "int8", "int8-mixed"] = Field(
         default="none",
         description="Opt-in approximate CPU path: int8 dynamic quantisation of the backbone's Linear layers "
-        "(its speed and score cost are measured in docs/BENCHMARKS.md).",
+        "(int8-mixed keeps o_proj and down_proj fp32; speed and score cost in docs/BENCHMARKS.md).",
     )
     torch_threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads; default: torch's choice.")
 

@@ -135,3 +135,13 @@ def test_int8_backbone_is_opt_in_and_close(tiny_backbone_dir: Path) -> None:
     approx = [r.score for r in RewardModel(int8, head, manifest).score(ITEMS)]
     assert approx != exact
     assert approx == pytest.approx(exact, abs=0.5)
+
+
+def test_int8_mixed_keeps_residual_writers_fp32(tiny_backbone_dir: Path) -> None:
+    from armo.model_store.backbone import RESIDUAL_WRITERS, load_backbone
+
+    mixed = load_backbone(str(tiny_backbone_dir), quantize="int8-mixed")
+    kinds = {name.rsplit(".", 1)[-1]: type(m) for name, m in mixed.model.named_modules() if name.endswith("proj")}
+    for name, kind in kinds.items():
+        assert ("quantized" in kind.__module__) == (name not in RESIDUAL_WRITERS), name
+    assert set(RESIDUAL_WRITERS) < set(kinds) and len(kinds) == 7  # q k v o gate up down

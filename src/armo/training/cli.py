@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast, get_args
 
 import typer
 
@@ -137,11 +137,12 @@ def eval_command(
     fast: Annotated[bool, typer.Option("--fast/--full", help="stratified sample of every subset, or all pairs")] = True,
     out: Annotated[Path, typer.Option("--out", help="directory for rewardbench.json and plots")] = Path("runs/eval"),
     quantize: Annotated[
-        str, typer.Option("--quantize", help="none | int8: score with the opt-in int8 backbone (own feature cache)")
+        str,
+        typer.Option("--quantize", help="none | int8 | int8-mixed: score with an opt-in int8 backbone (own cache)"),
     ] = "none",
 ) -> None:
     """Evaluate a published artifact on RewardBench v1 (features cached; same cap as the training config)."""
-    from armo.model_store.backbone import load_backbone
+    from armo.model_store.backbone import Quantize, load_backbone
     from armo.model_store.store import ModelStore
     from armo.training.evaluate import evaluate_artifact
     from armo.training.featurize import featurize, get_backbone
@@ -152,11 +153,11 @@ def eval_command(
     manifest, head = ModelStore(store).load(model, version)
     if quantize == "none":
         backbone = get_backbone(cfg.backbone)
-    elif quantize == "int8":  # the cache key does not see quantisation, so int8 features get their own directory
+    elif quantize in get_args(Quantize):  # the cache key does not see quantisation: own directory per mode
         cfg = _config(config, [*(sets or []), f"cache_dir={Path(cfg.cache_dir) / quantize}"])
-        backbone = load_backbone(cfg.backbone, quantize="int8")
+        backbone = load_backbone(cfg.backbone, quantize=cast(Quantize, quantize))
     else:
-        raise typer.BadParameter("must be none or int8", param_hint="--quantize")
+        raise typer.BadParameter(f"must be one of {get_args(Quantize)}", param_hint="--quantize")
     ds = build_eval_set(cfg.eval, fast)
     table, seconds = featurize(cfg, ds, "rewardbench-fast" if fast else "rewardbench-full", backbone)
     result = evaluate_artifact(manifest, head, backbone, ds, table, out, fast=fast)

@@ -156,13 +156,29 @@ def test_shared_prompt_path_equals_full_passes(request: pytest.FixtureRequest, b
     responses = ["Paris.", "It is Paris, the largest city of France. " * 3, "Lyon? No: Paris.", "Paris!"]
     other = encode(tok, [SYSTEM, USER], "Paris.", max_length=512)
     batch = [encode(tok, THREE_TURNS, r, max_length=512) for r in responses] + [other]
+    # two more prompts of other lengths, two responses each: several prompts go through one padded prompt pass
+    batch += [encode(tok, [SYSTEM, USER], r, max_length=512) for r in ("Marseille.", "Paris, of course.")]
+    batch += [encode(tok, [USER], r, max_length=512) for r in ("Paris", "The capital is Paris.")]
     assert len({e.input_ids[: e.prefix_length] for e in batch[:4]}) == 1 and batch[0].prefix_length > 0
-    shared = extract_many(backbone, batch, max_batch_tokens=120, max_batch_size=2)  # several response chunks
+    assert len({e.prefix_length for e in batch}) == 3
+    calls = 0
+
+    def count(*_: object) -> None:
+        nonlocal calls
+        calls += 1
+
+    hook = backbone.model.register_forward_pre_hook(count)
+    try:
+        packed = extract_many(backbone, batch, max_batch_tokens=4096)
+    finally:
+        hook.remove()
+    assert calls == 2  # one pass for the three prompts, one for all nine responses
+    small = extract_many(backbone, batch, max_batch_tokens=120, max_batch_size=2)  # several chunks per prompt
     plain = extract_many(backbone, batch, share_prompts=False)
     for i, e in enumerate(batch):
         alone = extract(backbone, [e])
-        assert _close(alone.response[0], shared.response[i]) and _close(alone.prompt[0], shared.prompt[i])
-        assert _close(alone.response[0], plain.response[i])
+        for feats in (packed, small, plain):
+            assert _close(alone.response[0], feats.response[i]) and _close(alone.prompt[0], feats.prompt[i])
 
 
 def test_truncated_sequences_are_not_shared(tiny_backbone: Backbone) -> None:

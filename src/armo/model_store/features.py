@@ -12,7 +12,7 @@ import copy
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -203,44 +203,81 @@ def _chunks(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int) 
     return chunks
 
 
-@torch.inference_mode()
-def extract_shared(
-    backbone: Backbone, group: Sequence[Encoded], *, max_batch_tokens: int = 1024, max_batch_size: int = 64
-) -> Features:
-    """Several responses to ONE prompt: the prompt runs once, its key/value cache is reused by every response.
+class PrefixGroup(Protocol):
+    """A prompt and the continuations (response + end-of-turn) of every response to it."""
 
-    Exact up to float reordering: attention over the cached prefix computes the same thing as the full pass.
+    @property
+    def prompt_ids(self) -> Sequence[int]: ...
+
+    @property
+    def prompt_index(self) -> int: ...
+
+    @property
+    def suffixes(self) -> Sequence[Sequence[int]]: ...
+
+
+@dataclass(frozen=True)
+class SharedPrompt:
+    prompt_ids: tuple[int, ...]
+    prompt_index: int
+    suffixes: tuple[tuple[int, ...], ...]
+
+
+@torch.inference_mode()
+def extract_prefixed(
+    backbone: Backbone, groups: Sequence[PrefixGroup], *, max_batch_tokens: int = 1024, max_batch_size: int = 64
+) -> Features:
+    """Responses to several prompts: all prompts run once, in one right-padded pass; then every response runs on
+    its own prompt's key/value cache (length-sorted chunks under the token budget). Rows: the groups' responses
+    in order.
+
+    Exact up to float reordering: attention over the cached prefix computes what the full pass computes, and the
+    padded prompt positions are masked out (each response continues at its own prompt's length).
     """
-    n_prefix = group[0].prefix_length
-    assert n_prefix and all(e.input_ids[:n_prefix] == group[0].input_ids[:n_prefix] for e in group)
     device = backbone.device
-    out = backbone.model(input_ids=torch.tensor([group[0].input_ids[:n_prefix]], device=device), use_cache=True)
-    cache = out.past_key_values
-    prompt = out.last_hidden_state[0, group[0].prompt_index].float().cpu().expand(len(group), -1).clone()
-    response = torch.empty((len(group), backbone.hidden_size))
-    suffixes = [e.input_ids[n_prefix:] for e in group]
     pad = _pad_token_id(backbone)
-    for idx in _chunks([len(s) for s in suffixes], max_batch_tokens, max_batch_size):
+    lp = max(len(g.prompt_ids) for g in groups)
+    ids = torch.full((len(groups), lp), pad, dtype=torch.long)
+    mask = torch.zeros((len(groups), lp), dtype=torch.long)
+    for i, g in enumerate(groups):
+        ids[i, : len(g.prompt_ids)] = torch.tensor(g.prompt_ids)
+        mask[i, : len(g.prompt_ids)] = 1
+    out = backbone.model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=torch.arange(lp).expand(len(groups), lp).to(device),
+        use_cache=True,
+    )
+    boundary = torch.tensor([g.prompt_index for g in groups], device=device)
+    prompt = out.last_hidden_state.float()[torch.arange(len(groups), device=device), boundary].cpu()  # [G, d]
+
+    owner = torch.tensor([i for i, g in enumerate(groups) for _ in g.suffixes])  # [N] group of each response
+    suffixes = [s for g in groups for s in g.suffixes]
+    prompt_len = mask.sum(dim=1)  # [G]
+    response = torch.empty((len(suffixes), backbone.hidden_size))
+    chunks = _chunks([len(s) for s in suffixes], max_batch_tokens, max_batch_size)
+    for n, idx in enumerate(chunks):
         width = max(len(suffixes[k]) for k in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), n_prefix + width), dtype=torch.long)
-        mask[:, :n_prefix] = 1
+        rids = torch.full((len(idx), width), pad, dtype=torch.long)
+        rmask = torch.zeros((len(idx), width), dtype=torch.long)
         for row, k in enumerate(idx):
-            ids[row, : len(suffixes[k])] = torch.tensor(suffixes[k])
-            mask[row, n_prefix : n_prefix + len(suffixes[k])] = 1
-        chunk_cache = copy.deepcopy(cache)  # the forward appends to the cache: keep the prefix pristine
-        chunk_cache.batch_repeat_interleave(len(idx))
-        positions = torch.arange(n_prefix, n_prefix + width).expand(len(idx), -1)
+            rids[row, : len(suffixes[k])] = torch.tensor(suffixes[k])
+            rmask[row, : len(suffixes[k])] = 1
+        own = owner[idx]
+        # The forward appends to the cache and reorder_cache gathers in place: keep the prompts' cache pristine
+        # for the chunks after this one.
+        cache = out.past_key_values if n == len(chunks) - 1 else copy.deepcopy(out.past_key_values)
+        cache.reorder_cache(own.to(device))  # [G, …] -> [n, …]: each response gets its prompt's keys/values
         hidden = backbone.model(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            position_ids=positions.to(device),
-            past_key_values=chunk_cache,
+            input_ids=rids.to(device),
+            attention_mask=torch.cat([mask[own], rmask], dim=1).to(device),
+            position_ids=(prompt_len[own][:, None] + torch.arange(width)).to(device),
+            past_key_values=cache,
             use_cache=True,
         ).last_hidden_state.float()  # [n, width, d]
         last = torch.tensor([len(suffixes[k]) - 1 for k in idx], device=device)
         response[idx] = hidden[torch.arange(len(idx), device=device), last].cpu()
-    return Features(response=response, prompt=prompt)
+    return Features(response=response, prompt=prompt[owner])
 
 
 def extract_many(
@@ -255,27 +292,38 @@ def extract_many(
 ) -> Features:
     """Features for any list of sequences, returned in input order.
 
-    Responses that share a prompt (and were not truncated) reuse one prompt pass (`extract_shared`); the rest run
-    in length-sorted batches under a padded-token budget, so little compute goes to padding.
+    Responses that share a prompt (and were not truncated) reuse one prompt pass (`extract_prefixed`, several
+    prompts per pass under the budget); the rest run in length-sorted batches under a padded-token budget, so
+    little compute goes to padding.
     """
     response = torch.empty((len(encoded), backbone.hidden_size))
     prompt = torch.empty((len(encoded), backbone.hidden_size))
     singles = list(range(len(encoded)))
     if share_prompts:
-        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        by_prefix: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i, e in enumerate(encoded):
             if e.prefix_length:
-                groups[e.input_ids[: e.prefix_length]].append(i)
-        shared = [idx for idx in groups.values() if len(idx) > 1]
+                by_prefix[e.input_ids[: e.prefix_length]].append(i)
+        shared = [idx for idx in by_prefix.values() if len(idx) > 1]
         in_shared = {i for idx in shared for i in idx}
         singles = [i for i in singles if i not in in_shared]
-        for idx in shared:
-            feats = extract_shared(
-                backbone, [encoded[k] for k in idx], max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size
+        groups = [
+            SharedPrompt(
+                encoded[idx[0]].input_ids[: encoded[idx[0]].prefix_length],
+                encoded[idx[0]].prompt_index,
+                tuple(encoded[k].input_ids[encoded[k].prefix_length :] for k in idx),
             )
-            response[idx], prompt[idx] = feats.response, feats.prompt
+            for idx in shared
+        ]
+        # prompts sorted by length and packed so each padded prompt pass fits the budget
+        for pack in _chunks([len(g.prompt_ids) for g in groups], max_batch_tokens, max_batch_size):
+            feats = extract_prefixed(
+                backbone, [groups[g] for g in pack], max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size
+            )
+            rows = [i for g in pack for i in shared[g]]
+            response[rows], prompt[rows] = feats.response, feats.prompt
             if on_batch is not None:
-                on_batch(len(idx))
+                on_batch(len(rows))
     for chunk in _chunks([encoded[i].length for i in singles], max_batch_tokens, max_batch_size):
         idx = [singles[k] for k in chunk]
         feats = extract(backbone, [encoded[k] for k in idx], padding_side)

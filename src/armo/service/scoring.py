@@ -216,7 +216,7 @@ class Scorer:
         steering = self._steering(loaded.rm, req.weights, req.mask)
         messages = req.as_messages()
         # One request → one batch on one version; inside it, extract_many runs the shared prompt once and reuses
-        # its key/value cache for every response (features.extract_shared).
+        # its key/value cache for every response (features.extract_prefixed).
         use_prompt = req.prompt is not None
         items = [
             (_namer("", prompt=use_prompt, response=f"responses[{i}]"), ScoreItem(messages, r))

@@ -33,7 +33,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from armo.model_store.backbone import Backbone
-from armo.model_store.features import Message, encode, encode_prompt
+from armo.model_store.features import Message, encode, encode_prompt, extract_prefixed
 from armo.model_store.reward_model import ScoreItem
 
 log = logging.getLogger(__name__)
@@ -123,47 +123,12 @@ def encode_group(
     )
 
 
-@torch.inference_mode()
 def forward_groups(backbone: Backbone, groups: Sequence[EncodedGroup]) -> tuple[Tensor, Tensor]:
-    """Prompt once per group (KV cache), then every response on the gathered cache. -> (prompt [N,d], response [N,d])"""
-    device = backbone.device
-    pad = backbone.tokenizer.pad_token_id or 0
-    n_groups = len(groups)
-    lp = max(len(g.prompt_ids) for g in groups)
-    ids = torch.full((n_groups, lp), pad, dtype=torch.long)
-    mask = torch.zeros((n_groups, lp), dtype=torch.long)
-    for i, g in enumerate(groups):
-        ids[i, : len(g.prompt_ids)] = torch.tensor(g.prompt_ids)
-        mask[i, : len(g.prompt_ids)] = 1
-    positions = torch.arange(lp).expand(n_groups, lp)
-    out = backbone.model(
-        input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), use_cache=True
-    )
-    rows = torch.arange(n_groups)
-    boundary = torch.tensor([g.prompt_index for g in groups])
-    prompt_feat = out.last_hidden_state.float()[rows, boundary]  # [G, d]
-
-    owner = torch.tensor([i for i, g in enumerate(groups) for _ in g.suffixes])  # [N] group of each response
-    suffixes = [s for g in groups for s in g.suffixes]
-    lr = max(len(s) for s in suffixes)
-    rids = torch.full((len(suffixes), lr), pad, dtype=torch.long)
-    rmask = torch.zeros((len(suffixes), lr), dtype=torch.long)
-    for i, s in enumerate(suffixes):
-        rids[i, : len(s)] = torch.tensor(s)
-        rmask[i, : len(s)] = 1
-    cache = out.past_key_values
-    cache.reorder_cache(owner.to(device))  # [G, …] -> [N, …]: each response gets its prompt's keys/values
-    prompt_len = mask.sum(dim=1)[owner]  # [N]
-    out2 = backbone.model(
-        input_ids=rids.to(device),
-        attention_mask=torch.cat([mask[owner], rmask], dim=1).to(device),
-        position_ids=(prompt_len[:, None] + torch.arange(lr)).to(device),
-        past_key_values=cache,
-        use_cache=True,
-    )
-    last = torch.tensor([len(s) - 1 for s in suffixes])
-    response_feat = out2.last_hidden_state.float()[torch.arange(len(suffixes)), last.to(device)]
-    return prompt_feat[owner].cpu(), response_feat.cpu()
+    """Prompt once per group (KV cache), then every response on its prompt's cache, all in one response pass (the
+    caller's batches are already sized). -> (prompt [N,d], response [N,d])"""
+    everything = 1 << 62
+    feats = extract_prefixed(backbone, groups, max_batch_tokens=everything, max_batch_size=everything)
+    return feats.prompt, feats.response
 
 
 def _group_items(items: Sequence[Item]) -> list[tuple[list[int], Sequence[Message], list[str]]]:

@@ -67,6 +67,7 @@ def _eval_items(cfg: TrainConfig) -> list:  # type: ignore[type-arg]
         {"objectives.rules": ["verbosity"]},
         {"gating.input": "response"},
         {"gating.balance_groups": True},
+        {"gating.init": "uniform"},
     ],
 )
 def test_ablations_run(tiny_config: TrainConfig, overrides: dict[str, object]) -> None:

@@ -81,3 +81,16 @@ def test_equal_gating_is_uniform() -> None:
     net = equal_gating(6, 4, GatingTrainConfig(hidden_dim=8))
     w = net(torch.randn(3, 6))
     assert torch.allclose(w, torch.full((3, 4), 0.25))
+
+
+def test_uniform_init_starts_at_equal_weights_and_still_learns() -> None:
+    frozen = GatingTrainConfig(hidden_dim=16, n_hidden=1, max_epochs=1, lr=0.0, dropout=0.0, init="uniform")
+    w0 = train_gating(_pairs(64, 0), _pairs(32, 1), frozen).network(torch.randn(5, 6))
+    assert torch.allclose(w0, torch.full((5, 2), 0.5))  # lr 0: still exactly the uniform start
+    cfg = GatingTrainConfig(
+        hidden_dim=16, n_hidden=1, max_epochs=60, batch_size=64, lr=1e-2, dropout=0.0, patience=60, init="uniform"
+    )
+    net = train_gating(_pairs(400, 0), _pairs(100, 1), cfg).network
+    with torch.no_grad():
+        w = net(torch.tensor([[3.0, 0, 0, 0, 0, 0], [-3.0, 0, 0, 0, 0, 0]]))
+    assert w[0, 0] > w[0, 1] and w[1, 1] > w[1, 0]

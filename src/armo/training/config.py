@@ -124,8 +124,11 @@ class GatingTrainConfig:
     batch_size: int = 256
     max_epochs: int = 200
     patience: int = 20
-    # Weight each "<source>/<objective>" group of training pairs equally in the loss (else: by pair count).
+    # Weight each "<source>/<objective>" group of pairs equally in the training and early-stopping losses (else: by
+    # pair count).
     balance_groups: bool = False
+    # "random": PyTorch's default init (ArmoRM); "uniform": last layer zeroed, so training starts from equal weights.
+    init: Literal["random", "uniform"] = "random"
     seed: int = 0
 
 

@@ -76,6 +76,8 @@ def train_gating(train: PairTensors, val: PairTensors, cfg: GatingTrainConfig) -
     torch.manual_seed(cfg.seed)
     d, k = train.x_chosen.shape[1], train.r_chosen.shape[1]
     net = GatingNetwork(d, k, gating_config(cfg))
+    if cfg.init == "uniform":
+        _start_uniform(net)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.max_epochs * steps_per_epoch)
@@ -117,14 +119,20 @@ def train_gating(train: PairTensors, val: PairTensors, cfg: GatingTrainConfig) -
     return GatingResult(net, metrics)
 
 
-def equal_gating(d: int, k: int, cfg: GatingTrainConfig) -> GatingNetwork:
-    """Fixed equal weights 1/k (ablation): the last layer is zero, so softmax is uniform; β = 1."""
-    net = GatingNetwork(d, k, gating_config(cfg))
+def _start_uniform(net: GatingNetwork) -> None:
+    """Zero the last layer: softmax is uniform (equal weights) until the data moves it away."""
     with torch.no_grad():
         last = net.layers[-1]
         assert isinstance(last, torch.nn.Linear)
         last.weight.zero_()
         if last.bias is not None:
             last.bias.zero_()
+
+
+def equal_gating(d: int, k: int, cfg: GatingTrainConfig) -> GatingNetwork:
+    """Fixed equal weights 1/k (ablation): the last layer is zero, so softmax is uniform; β = 1."""
+    net = GatingNetwork(d, k, gating_config(cfg))
+    _start_uniform(net)
+    with torch.no_grad():
         net.logit_scale.fill_(1.0)
     return net.eval()

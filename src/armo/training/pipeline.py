@@ -157,6 +157,13 @@ def _pair_tensors(f: Features, idx: list[int], x: np.ndarray, r: np.ndarray) -> 
     return PairTensors(t(x[c]), t(x[j]), t(r[c]), t(r[j]))
 
 
+def _balanced_weights(f: Features, idx: list[int]) -> torch.Tensor:
+    """Per-pair weights (mean 1) that give every "<source>/<objective>" group the same total weight."""
+    groups = [pair_group(f.train.pairs[i]) for i in idx]
+    counts = {g: groups.count(g) for g in set(groups)}
+    return torch.tensor([len(groups) / (len(counts) * counts[g]) for g in groups])
+
+
 def _val_pair_accuracy(
     f: Features, val_idx: list[int], head: ArmoHead, x: np.ndarray, debiased: np.ndarray
 ) -> dict[str, float]:
@@ -201,11 +208,11 @@ def assemble(cfg: TrainConfig, f: Features, objs: Objectives, backbone: Backbone
         net: GatingNetwork = equal_gating(d, k, cfg.gating)
     else:
         train_pairs = _pair_tensors(f, train_idx, x, debiased)
+        val_pairs = _pair_tensors(f, val_idx, x, debiased)
         if cfg.gating.balance_groups:
-            groups = [pair_group(f.train.pairs[i]) for i in train_idx]
-            counts = {g: groups.count(g) for g in set(groups)}
-            train_pairs.weight = torch.tensor([len(groups) / (len(counts) * counts[g]) for g in groups])
-        res = train_gating(train_pairs, _pair_tensors(f, val_idx, x, debiased), cfg.gating)
+            train_pairs.weight = _balanced_weights(f, train_idx)
+            val_pairs.weight = _balanced_weights(f, val_idx)
+        res = train_gating(train_pairs, val_pairs, cfg.gating)
         net, gating_metrics = res.network, res.metrics
 
     head = ArmoHead(d, k, gcfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,8 @@ def test_resumes_after_interruption(tiny_backbone: Backbone, tmp_path: Path) -> 
     (job / ".shard-00002.safetensors.partial").write_bytes(b"junk from a kill")  # a torn temp file is ignored
     table = run_extraction(tiny_backbone, items, name="t", cache_root=tmp_path, cfg=cfg, progress=False)
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())  # finished shards were not recomputed
+    (run,) = json.loads((job / "job.json").read_text())["runs"]  # the interrupted run never finished
+    assert run["new_shards"] == len(list(job.glob("shard-*.safetensors"))) - 2 and run["tokens"] > 0
     fresh = run_extraction(tiny_backbone, items, name="fresh", cache_root=tmp_path / "other", cfg=cfg, progress=False)
     assert len(table) == len(items)
     assert torch.allclose(table.response, fresh.response, atol=1e-5)

@@ -210,8 +210,10 @@ def run_extraction(
     key = job_key(backbone, items, cfg, data_hashes or {})
     directory = cache_root / f"{name}-{key[:16]}"
     directory.mkdir(parents=True, exist_ok=True)
+    job_file = directory / "job.json"
+    history = json.loads(job_file.read_text()).get("runs", []) if job_file.is_file() else []
     meta = {"name": name, "key": key, "n_items": len(items), "config": asdict(cfg), "data": data_hashes or {}}
-    (directory / "job.json").write_text(json.dumps(meta, indent=2))
+    job_file.write_text(json.dumps({**meta, "runs": history}, indent=2))
 
     groups = _group_items(items)
     shards: list[list[int]] = [[]]  # group indices per shard
@@ -267,6 +269,14 @@ def run_extraction(
     elapsed = time.perf_counter() - started
     if new:
         log.info("%s: %d new shard(s), %d tokens in %.1f s (%.0f tok/s)", name, new, tokens, elapsed, tokens / elapsed)
+        # every (resumed) run's cost, so the budget can be read from the cache itself
+        run_stats = {
+            "new_shards": new,
+            "tokens": tokens,
+            "seconds": round(elapsed, 1),
+            "threads": torch.get_num_threads(),
+        }
+        job_file.write_text(json.dumps({**meta, "runs": [*history, run_stats]}, indent=2))
     table = FeatureTable.concat(parts)
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))

@@ -1,7 +1,31 @@
 #!/bin/bash
-# Validation-only model selection (evaluate=false: RewardBench is never looked at here).
+# Validation-only model selection (docs/RESULTS.md): every variant is fitted on the same cached training features
+# and scored by balanced validation pair accuracy; RewardBench is never featurised or read here.
 cd "$(dirname "$0")/.."
-A=".venv/bin/armo train run --config configs/default.json --set publish=false --set evaluate=false"
-for s in "objectives.rules=[\"verbosity\",\"refusal\",\"compliance\",\"repetition\",\"markdown\",\"code_parses\"]" "probes.fit_fraction=0.5" "probes.fit_fraction=1.0" "gating.input=response" "gating.lr=0.003" "gating.hidden_dim=64" "objectives.rules=[\"verbosity\"]"; do
-  $A --set "$s" --name sweep 2>&1 | grep "gating:" | sed "s/.*gating: /$s /" | cut -c1-260
-done
+PROBES='{"helpfulness":["hh-rlhf/helpfulness","rmb/helpfulness"],"harmlessness":["hh-rlhf/harmlessness","rmb/harmlessness"],"preference":["ultrafeedback/overall","hh-rlhf/helpfulness","rmb/helpfulness"],"ultrafeedback":["ultrafeedback/overall"],"rmb-helpfulness":["rmb/helpfulness"]}'
+# Round 1: objectives and gating training, from the v0.1.0 recipe (3 probes, unbalanced groups, tau 10).
+P3='{"helpfulness":["hh-rlhf/helpfulness","rmb/helpfulness"],"harmlessness":["hh-rlhf/harmlessness","rmb/harmlessness"],"preference":["ultrafeedback/overall","hh-rlhf/helpfulness","rmb/helpfulness"]}'
+.venv/bin/armo train sweep --config configs/default.json --out runs/sweep.json "$@" \
+  --set gating.temperature=10.0 --set gating.balance_groups=false --set "probes.objectives=$P3" \
+  --try 'objectives.blackbox=true' \
+  --try 'objectives.gating="equal"' \
+  --try 'gating.balance_groups=true' \
+  --try 'gating.init="uniform"' \
+  --try 'gating.balance_groups=true;gating.init="uniform"' \
+  --try 'probes.fit_fraction=0.5' \
+  --try 'gating.input="response"' \
+  --try 'gating.hidden_dim=64' \
+  --try 'gating.dropout=0.3;gating.weight_decay=0.1' \
+  --try "probes.objectives=$PROBES" \
+  --try "probes.objectives=$PROBES;gating.balance_groups=true"
+# Round 2, on top of the round-1 winner (now in configs/default.json, so "(config)" is it): the gating's shape.
+.venv/bin/armo train sweep --config configs/default.json --out runs/sweep_gating.json "$@" --set gating.temperature=10.0 \
+  --try 'gating.n_hidden=0' \
+  --try 'gating.lr=0.0003' \
+  --try 'gating.n_hidden=0;gating.lr=0.003' \
+  --try 'gating.temperature=0.3' \
+  --try 'gating.temperature=1.0' \
+  --try 'gating.temperature=3.0' \
+  --try 'gating.n_hidden=1;gating.hidden_dim=64;gating.dropout=0.3' \
+  --try 'gating.temperature=1.0;gating.n_hidden=1;gating.hidden_dim=64;gating.dropout=0.3' \
+  --try 'gating.temperature=1.0;gating.init="uniform"'

@@ -1,8 +1,8 @@
 #!/bin/bash
 # Ablations (docs/RESULTS.md) on the same cached features and splits (publish=false); the default run is separate:
-#   armo train run --config configs/default.json --name e_default
+#   armo train run --config configs/v0.2.0.json --set publish=false --name e_default (v0.2.0, docs/RESULTS.md)
 cd "$(dirname "$0")/.."
-A="nice -n 5 .venv/bin/armo train run --config configs/default.json --set publish=false"
+A="nice -n 5 .venv/bin/armo train run --config configs/v0.2.0.json --set publish=false"
 PROBES3='{"helpfulness":["hh-rlhf/helpfulness","rmb/helpfulness"],"harmlessness":["hh-rlhf/harmlessness","rmb/harmlessness"],"preference":["ultrafeedback/overall","hh-rlhf/helpfulness","rmb/helpfulness"]}'
 $A --set objectives.blackbox=true --name a_blackbox
 $A --set objectives.gating=equal --name b_equal_weights

@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 PROBES='{"helpfulness":["hh-rlhf/helpfulness","rmb/helpfulness"],"harmlessness":["hh-rlhf/harmlessness","rmb/harmlessness"],"preference":["ultrafeedback/overall","hh-rlhf/helpfulness","rmb/helpfulness"],"ultrafeedback":["ultrafeedback/overall"],"rmb-helpfulness":["rmb/helpfulness"]}'
 # Round 1: objectives and gating training, from the v0.1.0 recipe (3 probes, unbalanced groups, tau 10).
 P3='{"helpfulness":["hh-rlhf/helpfulness","rmb/helpfulness"],"harmlessness":["hh-rlhf/harmlessness","rmb/harmlessness"],"preference":["ultrafeedback/overall","hh-rlhf/helpfulness","rmb/helpfulness"]}'
-.venv/bin/armo train sweep --config configs/default.json --out runs/sweep.json "$@" \
+.venv/bin/armo train sweep --config configs/v0.2.0.json --out runs/sweep.json "$@" \
   --set gating.temperature=10.0 --set gating.balance_groups=false --set "probes.objectives=$P3" \
   --try 'objectives.blackbox=true' \
   --try 'objectives.gating="equal"' \
@@ -18,8 +18,8 @@ P3='{"helpfulness":["hh-rlhf/helpfulness","rmb/helpfulness"],"harmlessness":["hh
   --try 'gating.dropout=0.3;gating.weight_decay=0.1' \
   --try "probes.objectives=$PROBES" \
   --try "probes.objectives=$PROBES;gating.balance_groups=true"
-# Round 2, on top of the round-1 winner (now in configs/default.json, so "(config)" is it): the gating's shape.
-.venv/bin/armo train sweep --config configs/default.json --out runs/sweep_gating.json "$@" --set gating.temperature=10.0 \
+# Round 2, on top of the round-1 winner (configs/v0.2.0.json with tau 10, so "(config)" is it): the gating's shape.
+.venv/bin/armo train sweep --config configs/v0.2.0.json --out runs/sweep_gating.json "$@" --set gating.temperature=10.0 \
   --try 'gating.n_hidden=0' \
   --try 'gating.lr=0.0003' \
   --try 'gating.n_hidden=0;gating.lr=0.003' \
@@ -29,3 +29,10 @@ P3='{"helpfulness":["hh-rlhf/helpfulness","rmb/helpfulness"],"harmlessness":["hh
   --try 'gating.n_hidden=1;gating.hidden_dim=64;gating.dropout=0.3' \
   --try 'gating.temperature=1.0;gating.n_hidden=1;gating.hidden_dim=64;gating.dropout=0.3' \
   --try 'gating.temperature=1.0;gating.init="uniform"'
+# Round 3, on the larger sample (configs/default.json: a third extension), from the v0.2.0 recipe (tau 3).
+.venv/bin/armo train sweep --config configs/default.json --out runs/sweep_round3.json "$@" --set gating.temperature=3.0 \
+  --try "gating.balance_groups=false;gating.temperature=10.0;probes.objectives=$P3" \
+  --try 'gating.temperature=10.0' \
+  --try 'gating.temperature=1.0' \
+  --try 'objectives.blackbox=true' \
+  --try 'objectives.gating="equal"'

@@ -90,14 +90,18 @@ def best_of_n(backbone: Backbone, n: int, prompt_tokens: int = 1000, response_to
 
 
 # -- measurements -------------------------------------------------------------------------------------------------
-def matmul_gflops(size: int = 2048, seconds: float = 3.0) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def _mm_seconds(a: torch.Tensor, b: torch.Tensor, seconds: float) -> float:
+    """Mean wall time of torch.mm(a, b), repeated for about `seconds` after one warm-up call."""
     torch.mm(a, b)
     n, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         torch.mm(a, b)
         n += 1
-    return 2 * size**3 * n / (time.perf_counter() - started) / 1e9
+    return (time.perf_counter() - started) / n
+
+
+def matmul_gflops(size: int = 2048, seconds: float = 3.0) -> float:
+    return 2 * size**3 / _mm_seconds(torch.randn(size, size), torch.randn(size, size), seconds) / 1e9
 
 
 def model_matmul_gflops(backbone: Backbone, rows: int = 1024, seconds: float = 0.5) -> float:
@@ -109,14 +113,8 @@ def model_matmul_gflops(backbone: Backbone, rows: int = 1024, seconds: float = 0
             shapes[(m.in_features, m.out_features)] = shapes.get((m.in_features, m.out_features), 0) + 1
     flops = secs = 0.0
     for (d_in, d_out), count in shapes.items():
-        x, w = torch.randn(rows, d_in), torch.randn(d_in, d_out)
-        torch.mm(x, w)
-        n, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            torch.mm(x, w)
-            n += 1
         flops += count * 2 * rows * d_in * d_out
-        secs += count * (time.perf_counter() - started) / n
+        secs += count * _mm_seconds(torch.randn(rows, d_in), torch.randn(d_in, d_out), seconds)
     return flops / secs / 1e9
 
 

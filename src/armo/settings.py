@@ -41,8 +41,8 @@ class Settings(BaseSettings):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32", description="Backbone dtype.")
     quantize: Literal["none", "int8", "int8-mixed"] = Field(
         default="none",
-        description="Opt-in approximate CPU path: int8 dynamic quantisation of the backbone's Linear layers "
-        "(int8-mixed keeps o_proj and down_proj fp32; speed and score cost in docs/BENCHMARKS.md).",
+        description="Opt-in approximate CPU path: the backbone's Linear layers in int8 (per-token activations, "
+        "SmoothQuant; int8-mixed keeps o_proj and down_proj fp32; speed and score cost in docs/BENCHMARKS.md).",
     )
     torch_threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads; default: torch's choice.")
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -121,27 +119,3 @@ def test_batch_invariance_of_scores(rm: RewardModel) -> None:
     alone = [rm.score([it])[0].score for it in items]
     assert together == pytest.approx(alone, abs=1e-5)
     assert len(set(together)) == 3
-
-
-def test_int8_backbone_is_opt_in_and_close(tiny_backbone_dir: Path) -> None:
-    from armo.model_store.backbone import load_backbone
-
-    fp32 = load_backbone(str(tiny_backbone_dir))
-    int8 = load_backbone(str(tiny_backbone_dir), quantize="int8")
-    assert not any("quantized" in type(m).__module__ for m in fp32.model.modules())
-    assert any("quantized" in type(m).__module__ for m in int8.model.modules())
-    manifest, head = make_artifact(fp32)
-    exact = [r.score for r in RewardModel(fp32, head, manifest).score(ITEMS)]
-    approx = [r.score for r in RewardModel(int8, head, manifest).score(ITEMS)]
-    assert approx != exact
-    assert approx == pytest.approx(exact, abs=0.5)
-
-
-def test_int8_mixed_keeps_residual_writers_fp32(tiny_backbone_dir: Path) -> None:
-    from armo.model_store.backbone import RESIDUAL_WRITERS, load_backbone
-
-    mixed = load_backbone(str(tiny_backbone_dir), quantize="int8-mixed")
-    kinds = {name.rsplit(".", 1)[-1]: type(m) for name, m in mixed.model.named_modules() if name.endswith("proj")}
-    for name, kind in kinds.items():
-        assert ("quantized" in kind.__module__) == (name not in RESIDUAL_WRITERS), name
-    assert set(RESIDUAL_WRITERS) < set(kinds) and len(kinds) == 7  # q k v o gate up down

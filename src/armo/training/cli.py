@@ -138,11 +138,12 @@ def eval_command(
     out: Annotated[Path, typer.Option("--out", help="directory for rewardbench.json and plots")] = Path("runs/eval"),
     quantize: Annotated[
         str,
-        typer.Option("--quantize", help="none | int8 | int8-mixed: score with an opt-in int8 backbone (own cache)"),
+        typer.Option("--quantize", help="none | int8 | int8-mixed: score with the opt-in int8 backbone (own cache)"),
     ] = "none",
 ) -> None:
     """Evaluate a published artifact on RewardBench v1 (features cached; same cap as the training config)."""
     from armo.model_store.backbone import Quantize, load_backbone
+    from armo.model_store.quant import SCHEME
     from armo.model_store.store import ModelStore
     from armo.training.evaluate import evaluate_artifact
     from armo.training.featurize import featurize, get_backbone
@@ -153,8 +154,8 @@ def eval_command(
     manifest, head = ModelStore(store).load(model, version)
     if quantize == "none":
         backbone = get_backbone(cfg.backbone)
-    elif quantize in get_args(Quantize):  # the cache key does not see quantisation: own directory per mode
-        cfg = _config(config, [*(sets or []), f"cache_dir={Path(cfg.cache_dir) / quantize}"])
+    elif quantize in get_args(Quantize):  # the cache key does not see quantisation: own directory per mode/scheme
+        cfg = _config(config, [*(sets or []), f"cache_dir={Path(cfg.cache_dir) / quantize / SCHEME}"])
         backbone = load_backbone(cfg.backbone, quantize=cast(Quantize, quantize))
     else:
         raise typer.BadParameter(f"must be one of {get_args(Quantize)}", param_hint="--quantize")

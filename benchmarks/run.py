@@ -17,6 +17,7 @@ import os
 import platform
 import resource
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -133,8 +134,9 @@ def flops_per_token(backbone: Backbone, context: float) -> float:
     return 2 * params + 2 * cfg.num_hidden_layers * cfg.hidden_size * context
 
 
-def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
-    fn()  # warm-up (allocator, kernels)
+def timed(fn: Callable[[], Any], repeat: int = 1, warm: bool = True) -> tuple[float, Any]:
+    if warm:
+        fn()  # warm-up (allocator, kernels)
     started = time.perf_counter()
     out = None
     for _ in range(repeat):
@@ -213,6 +215,7 @@ def main(
     max_length: int = typer.Option(1024, help="Longest sequence admitted to the workload (tokens)."),
     concurrency: int = typer.Option(8, help="Concurrent HTTP clients."),
     http: bool = typer.Option(True, help="Also measure over HTTP (starts the service and the naive server)."),
+    repeats: int = typer.Option(3, help="Interleaved naive / in-process timings behind the pair ratio's spread."),
     out: Path = typer.Option(ROOT / "docs" / "benchmarks.json", help="Where to write the figures."),
 ) -> None:
     threads = torch.get_num_threads()
@@ -275,6 +278,16 @@ def main(
     results["inprocess_max_abs_diff_vs_naive"] = max(
         abs(a - b) for a, b in zip(inproc_scores, naive_scores, strict=True)
     )
+    # The pair ratio is within run-to-run noise of its target, so it gets a spread: repeated, interleaved timings
+    # (interleaving spreads slow phases of the machine over both paths).
+    pair_ratios = [naive_s / inproc_s]
+    for _ in range(repeats - 1):
+        n_s = timed(naive, warm=False)[0]
+        pair_ratios.append(n_s / timed(lambda: rm.score(items), warm=False)[0])
+    results["inprocess_vs_naive_runs"] = pair_ratios
+    results["inprocess_vs_naive_mean"] = statistics.fmean(pair_ratios)
+    results["inprocess_vs_naive_sd"] = statistics.stdev(pair_ratios) if len(pair_ratios) > 1 else 0.0
+    print("in-process / naive (pairs), per run: " + ", ".join(f"{r:.3f}" for r in pair_ratios))
 
     # Best-of-N: one 1,000-token prompt, N ~100-token responses; shared prompt vs scoring N sequences independently.
     for n in (4, 16):

@@ -29,10 +29,16 @@ P3='{"helpfulness":["hh-rlhf/helpfulness","rmb/helpfulness"],"harmlessness":["hh
   --try 'gating.n_hidden=1;gating.hidden_dim=64;gating.dropout=0.3' \
   --try 'gating.temperature=1.0;gating.n_hidden=1;gating.hidden_dim=64;gating.dropout=0.3' \
   --try 'gating.temperature=1.0;gating.init="uniform"'
-# Round 3, on the larger sample (configs/default.json: a third extension), from the v0.2.0 recipe (tau 3).
-.venv/bin/armo train sweep --config configs/default.json --out runs/sweep_round3.json "$@" --set gating.temperature=3.0 \
+# Round 3, on the larger sample (configs/v0.3.0.json: a third extension), from the v0.2.0 recipe (tau 3).
+.venv/bin/armo train sweep --config configs/v0.3.0.json --out runs/sweep_round3.json "$@" --set gating.temperature=3.0 \
   --try "gating.balance_groups=false;gating.temperature=10.0;probes.objectives=$P3" \
   --try 'gating.temperature=10.0' \
   --try 'gating.temperature=1.0' \
   --try 'objectives.blackbox=true' \
   --try 'objectives.gating="equal"'
+# Round 4, on the fourth extension (configs/default.json), from the round-3 winner (tau 1): tau again, and the black box
+# for comparison only (the product is the ArmoRM recipe, so only its variants are candidates for the default).
+.venv/bin/armo train sweep --config configs/default.json --out runs/sweep_round4.json "$@" --set gating.temperature=1.0 \
+  --try 'gating.temperature=3.0' \
+  --try 'gating.temperature=0.3' \
+  --try 'objectives.blackbox=true'

@@ -93,9 +93,6 @@ def train_sweep(
     out: Annotated[Path | None, typer.Option("--out", help="also write the table as JSON here")] = None,
 ) -> None:
     """Validation-only model selection over variants of one config (cached features; RewardBench never read)."""
-    from rich.console import Console
-    from rich.table import Table
-
     from armo.training.pipeline import sweep
 
     base = _config(config, sets)
@@ -103,9 +100,15 @@ def train_sweep(
         v: load_config(config, {**_overrides(sets), **_overrides([s for s in v.split(";") if s])})
         for v in ["", *variants]
     }
-    results = sweep(base, tried)
+    _print_accuracies(sweep(base, tried), "variant", out)
+
+
+def _print_accuracies(results: dict[str, dict[str, float]], what: str, out: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     groups = sorted({g for r in results.values() for g in r} - {"all", "balanced"})
-    table = Table("variant", "balanced", "all", *groups, title="validation pair accuracy % (ties 0.5)")
+    table = Table(what, "balanced", "all", *groups, title="validation pair accuracy % (ties 0.5)")
     for name, acc in results.items():
         table.add_row(
             name or "(config)", *(f"{100 * acc.get(k, float('nan')):.1f}" for k in ["balanced", "all", *groups])
@@ -113,6 +116,22 @@ def train_sweep(
     Console(width=200).print(table)
     if out is not None:
         out.write_text(json.dumps(results, indent=2))
+
+
+@train_app.command("compare")
+def train_compare(
+    versions: Annotated[list[str], typer.Argument(help="published versions (or aliases) of the config's model")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    store: Annotated[Path | None, typer.Option("--store", help="model store (default: the config's)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="also write the table as JSON here")] = None,
+) -> None:
+    """Published artifacts side by side on this config's validation pairs: the promotion check between
+    versions trained on different samples (RewardBench never read)."""
+    from armo.training.pipeline import validation_accuracy
+
+    cfg = _config(config, sets)
+    _print_accuracies(validation_accuracy(cfg, versions, store or Path(cfg.store)), "version", out)
 
 
 @train_app.command("report")

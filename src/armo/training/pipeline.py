@@ -20,11 +20,12 @@ from armo.model_store import rules
 from armo.model_store.backbone import Backbone, backbone_ref
 from armo.model_store.heads import ArmoHead, GatingNetwork
 from armo.model_store.manifest import Manifest, Objective
+from armo.model_store.reward_model import RewardModel
 from armo.model_store.store import ModelStore
 from armo.training.config import TrainConfig
 from armo.training.data import id_fraction
 from armo.training.debias import DebiasResult, Standardiser, fit_debias, identity_debias
-from armo.training.evaluate import EvalResult, evaluate_artifact
+from armo.training.evaluate import EvalResult, evaluate_artifact, score_items
 from armo.training.extract import FeatureTable
 from armo.training.featurize import featurize, get_backbone
 from armo.training.gating import PairTensors, equal_gating, gating_config, train_gating
@@ -175,12 +176,34 @@ def _val_pair_accuracy(
     p = _pair_tensors(f, val_idx, x, debiased)
     with torch.no_grad():
         margin = (head.gating(p.x_chosen) * p.r_chosen).sum(1) - (head.gating(p.x_rejected) * p.r_rejected).sum(1)
+    return pair_accuracy(margin, [pair_group(f.train.pairs[i]) for i in val_idx])
+
+
+def pair_accuracy(margin: torch.Tensor, groups: list[str]) -> dict[str, float]:
+    """Accuracy (ties 0.5) of chosen-minus-rejected margins [P]: "all", per group, and "balanced" (group mean)."""
     win = (margin > 0).float() + 0.5 * (margin == 0).float()
     out = {"all": float(win.mean())}
-    groups = [pair_group(f.train.pairs[i]) for i in val_idx]
     for g in sorted(set(groups)):
         out[g] = float(win[[k for k, h in enumerate(groups) if h == g]].mean())
     out["balanced"] = float(np.mean([out[g] for g in set(groups)]))
+    return out
+
+
+def validation_accuracy(cfg: TrainConfig, versions: list[str], store: Path) -> dict[str, dict[str, float]]:
+    """Pair accuracy of published artifacts on this config's validation pairs (cached features; RewardBench never
+    read). Splits are by id hash, so no artifact trained with the same split settings has seen these pairs:
+    artifacts trained on different samples can be compared on the larger sample's validation split."""
+    f = load_features(cfg, None, with_eval=False)
+    val_idx = [i for i, v in enumerate(f.train.pair_val) if v]
+    chosen = [f.train.pair_items[i][0] for i in val_idx]
+    rejected = [f.train.pair_items[i][1] for i in val_idx]
+    groups = [pair_group(f.train.pairs[i]) for i in val_idx]
+    backbone = get_backbone(cfg.backbone)
+    out = {}
+    for version in versions:
+        manifest, head = ModelStore(store).load(cfg.name, version)
+        scores, _ = score_items(RewardModel(backbone, head, manifest), f.train, f.table)
+        out[version] = pair_accuracy(scores[chosen] - scores[rejected], groups)
     return out
 
 

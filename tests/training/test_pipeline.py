@@ -14,7 +14,7 @@ from armo.model_store.backbone import load_backbone
 from armo.model_store.reward_model import RewardModel, ScoreItem
 from armo.model_store.store import ModelStore
 from armo.training.config import TrainConfig
-from armo.training.pipeline import run, sweep
+from armo.training.pipeline import pair_accuracy, run, sweep, validation_accuracy
 from armo.training.rewardbench import SECTIONS
 
 
@@ -96,3 +96,39 @@ def test_sweep_selects_on_validation_only(tiny_config: TrainConfig) -> None:
     other_data.data.val_fraction = 0.5
     with pytest.raises(ValueError, match="changes the data"):
         sweep(tiny_config, {"other": other_data})
+
+
+def test_pair_accuracy_counts_ties_half_and_balances_groups() -> None:
+    acc = pair_accuracy(torch.tensor([1.0, -1.0, 0.0, 2.0]), ["a", "a", "a", "b"])
+    assert acc["a"] == pytest.approx(0.5) and acc["b"] == 1.0
+    assert acc["all"] == pytest.approx(2.5 / 4) and acc["balanced"] == pytest.approx(0.75)
+
+
+def test_compare_scores_published_versions_on_one_validation_split(tiny_config: TrainConfig) -> None:
+    """Two artifacts trained on different samples, side by side on the larger sample's validation pairs."""
+    small = copy.deepcopy(tiny_config)
+    small.data.extensions = []
+    small.version, small.plots, small.fast_eval = "t0", False, True
+    run(small, "small")
+    tiny_config.plots = False
+    run(tiny_config, "large")
+    results = validation_accuracy(tiny_config, ["t0", "t1"], Path(tiny_config.store))
+    assert set(results) == {"t0", "t1"}
+    from armo.training.pipeline import load_features
+    from armo.training.prepare import pair_group
+
+    f = load_features(tiny_config, None, with_eval=False)
+    val = [i for i, v in enumerate(f.train.pair_val) if v]
+    assert set(results["t1"]) - {"all", "balanced"} == {pair_group(f.train.pairs[i]) for i in val}
+    manifest, head = ModelStore(tiny_config.store).load(tiny_config.name, "t0")
+    rm = RewardModel(load_backbone(tiny_config.backbone), head, manifest)
+    items = f.train.items
+    wins = 0.0
+    for i in val:
+        c, r = (items[k] for k in f.train.pair_items[i])
+        sc, sr = (
+            x.score
+            for x in rm.score([ScoreItem(list(c.messages), c.response), ScoreItem(list(r.messages), r.response)])
+        )
+        wins += 1.0 if sc > sr else 0.5 if sc == sr else 0.0
+    assert results["t0"]["all"] == pytest.approx(wins / len(val), abs=1e-9)

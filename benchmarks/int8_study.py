@@ -21,7 +21,7 @@ import typer
 from torch import nn
 
 from armo.model_store import quant
-from armo.model_store.backbone import RESIDUAL_WRITERS, Backbone, load_backbone
+from armo.model_store.backbone import Backbone, load_backbone
 from armo.model_store.errors import InputError
 from armo.model_store.features import encode
 from armo.model_store.reward_model import RewardModel, ScoreItem, ScoringConfig
@@ -46,16 +46,16 @@ def _validation_items(backbone: Backbone, n_pairs: int, max_length: int) -> list
     return items
 
 
-def _variant(name: str, stats: dict[str, torch.Tensor]) -> Backbone:
+def _variant(name: str) -> Backbone:
+    if name == "int8 (per-token + SmoothQuant)":
+        return load_backbone("embedded", quantize="int8")  # the product's path: calibration + SmoothQuant
+    if name == "int8-mixed":
+        return load_backbone("embedded", quantize="int8-mixed")
     b = load_backbone("embedded")
     if name == "dynamic per-batch (torch.ao)":
         b.model = torch.ao.quantization.quantize_dynamic(b.model, {nn.Linear}, dtype=torch.qint8)
     elif name == "per-token, no smoothing":
         quant.quantize_linears(b.model, None)
-    elif name == "int8 (per-token + SmoothQuant)":
-        quant.quantize_linears(b.model, stats)
-    elif name == "int8-mixed":
-        quant.quantize_linears(b.model, stats, RESIDUAL_WRITERS)
     return b
 
 
@@ -69,7 +69,6 @@ def accuracy(n_pairs: int, max_length: int = 320) -> None:
         return torch.tensor([r.score for k in range(0, len(items), 16) for r in rm.score(items[k : k + 16])])
 
     ref = scores(fp32)
-    stats = quant.activation_absmax(fp32.model, quant.calibration_batches(fp32.tokenizer))
     print(f"{len(items) // 2} validation pairs of the training data; v0.4.0 heads")
     for name in (
         "dynamic per-batch (torch.ao)",
@@ -77,7 +76,7 @@ def accuracy(n_pairs: int, max_length: int = 320) -> None:
         "int8 (per-token + SmoothQuant)",
         "int8-mixed",
     ):
-        s = scores(_variant(name, stats))
+        s = scores(_variant(name))
         corr = float(torch.corrcoef(torch.stack([s, ref]))[0, 1])
         agree = float(((s[0::2] > s[1::2]) == (ref[0::2] > ref[1::2])).float().mean())
         print(f"  {name:32s} score correlation with fp32 {corr:.3f}, same preferred side {100 * agree:.1f} %")

@@ -101,7 +101,7 @@ def calibration_batches(tokenizer: Any) -> list[dict[str, Tensor]]:
     batches = []
     for c in conversations:
         ids = tokenizer.apply_chat_template([*c["messages"], {"role": "assistant", "content": c["response"]}])
-        if isinstance(ids, dict) or hasattr(ids, "keys"):  # newer transformers return a BatchEncoding
+        if hasattr(ids, "keys"):  # newer transformers return a BatchEncoding
             ids = ids["input_ids"]
         batches.append({"input_ids": torch.tensor([list(ids)])})
     return batches

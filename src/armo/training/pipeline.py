@@ -199,9 +199,10 @@ def validation_accuracy(cfg: TrainConfig, versions: list[str], store: Path) -> d
     rejected = [f.train.pair_items[i][1] for i in val_idx]
     groups = [pair_group(f.train.pairs[i]) for i in val_idx]
     backbone = get_backbone(cfg.backbone)
+    models = ModelStore(store)
     out = {}
     for version in versions:
-        manifest, head = ModelStore(store).load(cfg.name, version)
+        manifest, head = models.load(cfg.name, version)
         scores, _ = score_items(RewardModel(backbone, head, manifest), f.train, f.table)
         out[version] = pair_accuracy(scores[chosen] - scores[rejected], groups)
     return out

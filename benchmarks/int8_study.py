@@ -4,7 +4,8 @@
    `torch.ao` dynamic quantisation (one activation scale per batch), per-token scales without SmoothQuant, and
    the product's `int8` / `int8-mixed` (per-token + SmoothQuant). Reported: score correlation with fp32 and the
    share of pairs whose preferred side agrees with fp32.
-2. Time per Linear at the backbone's shapes: fp32, the int8 layer (compiled), and `torch._int_mm` alone.
+2. Time per Linear at the backbone's shapes: fp32, the int8 layer (compiled), and `torch._int_mm` alone; and per
+   group of Linears that read one input (q/k/v, gate/up): quantised apart, or sharing one quantised input.
 
     .venv/bin/python -m benchmarks.int8_study --pairs 150
 """
@@ -103,6 +104,18 @@ def timings(rows: int = 1024) -> None:
         q = _ms(lambda layer=layer, x=x: layer(x))
         mm = _ms(lambda xq=xq, w=layer.weight_t: torch._int_mm(xq, w))
         print(f"  {k:>4} → {n:<4}  {f:5.2f} / {q:5.2f} / {mm:5.2f}   layer {f / q:.2f} × fp32, product {f / mm:.2f} ×")
+    print(f"per group of Linears reading one input, at {rows} rows (ms): fp32 / int8 layers apart / int8 shared input")
+    for k, outs in ((576, (576, 192, 192)), (576, (1536, 1536))):  # q/k/v; gate/up
+        linears = [nn.Linear(k, n, bias=False) for n in outs]
+        x = torch.randn(rows, k)
+        apart = [quant.Int8Linear(m, x.abs().amax(dim=0)) for m in linears]
+        shared = quant.SharedInputInt8(linears, x.abs().amax(dim=0))
+        parts = [quant.Int8Part(shared, i) for i in range(len(outs))]
+        f = _ms(lambda ms=linears, x=x: [m(x) for m in ms])
+        a = _ms(lambda ms=apart, x=x: [m(x) for m in ms])
+        g = _ms(lambda ms=parts, x=x: [m(x) for m in ms])
+        label = "+".join(map(str, outs))
+        print(f"  {k:>4} → {label:<14} {f:5.2f} / {a:5.2f} / {g:5.2f}   apart {f / a:.2f} × fp32, shared {f / g:.2f} ×")
 
 
 def main(pairs: int = typer.Option(150, help="Validation pairs to score (before the length filter).")) -> None:

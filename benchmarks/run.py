@@ -144,6 +144,38 @@ def timed(fn: Callable[[], Any], repeat: int = 1, warm: bool = True) -> tuple[fl
     return (time.perf_counter() - started) / repeat, out
 
 
+def palindrome_seconds(
+    paths: dict[str, Callable[[Sequence[Any]], Any]], slices: Sequence[Sequence[Any]], rounds: int
+) -> dict[str, list[float]]:
+    """Seconds each path spends on the whole workload, per round. Within a round every slice is run by every path
+    in the order A B C … C B A: this machine's speed drifts by up to 20 % within minutes (docs/BENCHMARKS.md), and
+    a palindrome over a few seconds charges a drift that is about linear over that span equally to every path."""
+    order = [*paths, *reversed(paths)]
+    per_round: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(rounds):
+        spent = dict.fromkeys(paths, 0.0)
+        for work in slices:
+            for name in order:
+                started = time.perf_counter()
+                paths[name](work)
+                spent[name] += (time.perf_counter() - started) / 2  # each path runs every slice twice
+        for name, seconds in spent.items():
+            per_round[name].append(seconds)
+    return per_round
+
+
+def ratio_summary(slow: list[float], fast: list[float]) -> dict[str, Any]:
+    """How many times faster `fast` is, per round and over all rounds (total time over total time)."""
+    runs = [s / f for s, f in zip(slow, fast, strict=True)]
+    return {
+        "runs": runs,
+        "median": statistics.median(runs),
+        "min": min(runs),
+        "max": max(runs),
+        "overall": sum(slow) / sum(fast),
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -215,7 +247,8 @@ def main(
     max_length: int = typer.Option(1024, help="Longest sequence admitted to the workload (tokens)."),
     concurrency: int = typer.Option(8, help="Concurrent HTTP clients."),
     http: bool = typer.Option(True, help="Also measure over HTTP (starts the service and the naive server)."),
-    repeats: int = typer.Option(3, help="Interleaved naive / in-process timings behind the pair ratio's spread."),
+    rounds: int = typer.Option(3, help="Rounds of palindrome-ordered timings of the four pair-scoring paths."),
+    slice_pairs: int = typer.Option(6, help="Pairs per timed slice (each path runs each slice twice per round)."),
     out: Path = typer.Option(ROOT / "docs" / "benchmarks.json", help="Where to write the figures."),
 ) -> None:
     threads = torch.get_num_threads()
@@ -256,38 +289,72 @@ def main(
 
     # Raw batched forward: the backbone alone, length-sorted batches, no sharing, no heads.
     budget = rm.config.max_batch_tokens  # the same (best-on-CPU) forward budget for every batched path
-    raw_s, _ = timed(lambda: extract_many(backbone, encoded, max_batch_tokens=budget, share_prompts=False))
-    # Naive peer in-process: one full sequence per forward pass (the model card's way), then the heads.
+
+    def raw_forward() -> Any:
+        return extract_many(backbone, encoded, max_batch_tokens=budget, share_prompts=False)
+
+    raw_s, _ = timed(raw_forward)
+    # Four scoring paths on the pair workload. The naive peer: one full sequence per forward pass (the model card's
+    # way), then the heads. This service's path in-process: prompt sharing + length-bucketed batches + heads, on the
+    # fp32 backbone and on the opt-in int8 ones (armo.model_store.quant; loading calibrates and compiles, untimed).
     prepared = [Prepared(it, e) for it, e in zip(items, encoded, strict=True)]
+    by_item = {id(it): p for it, p in zip(items, prepared, strict=True)}
+    models = {"fp32": rm}
+    for mode in ("int8", "int8-mixed"):
+        models[mode] = RewardModel(load_backbone("embedded", quantize=mode), head, manifest, rm.config)
 
-    def naive() -> list[float]:
-        return [float(rm.forward_features([p], extract(backbone, [p.encoded])).score[0]) for p in prepared]
+    def naive(batch: Sequence[ScoreItem]) -> list[float]:
+        return [
+            float(rm.forward_features([p], extract(backbone, [p.encoded])).score[0])
+            for p in (by_item[id(it)] for it in batch)
+        ]
 
-    naive_s, naive_scores = timed(naive)
-    # This service's scoring path in-process: prompt sharing + length-bucketed batches + heads.
-    inproc_s, inproc = timed(lambda: rm.score(items))
-    inproc_scores = [r.score for r in inproc]
+    def service_path(m: RewardModel) -> Callable[[Sequence[ScoreItem]], list[float]]:
+        return lambda batch: [r.score for r in m.score(batch)]
+
+    paths = {"naive": naive} | {name: service_path(m) for name, m in models.items()}
+    scores = {name: path(items) for name, path in paths.items()}  # also the warm-up
+    # Slices of whole pairs, a few seconds per path each; every path sees the same slices.
+    slices = [items[k : k + 2 * slice_pairs] for k in range(0, len(items), 2 * slice_pairs)]
+    seconds = palindrome_seconds(paths, slices, rounds)
+    total = {name: sum(v) / rounds for name, v in seconds.items()}  # mean seconds for the whole workload
+    results["timing"] = {"rounds": rounds, "slice_pairs": slice_pairs, "seconds_per_round": seconds}
     results["ceiling_tokens_per_s"] = ceiling
     results["raw_forward_tokens_per_s"] = tokens / raw_s
     results["fp32_forward_vs_ceiling"] = tokens / raw_s / ceiling
     results["fp32_forward_vs_model_shape_ceiling"] = tokens / raw_s / shape_ceiling
-    results["naive_tokens_per_s"] = tokens / naive_s
-    results["naive_pairs_per_s"] = len(work) / naive_s
-    results["inprocess_tokens_per_s"] = tokens / inproc_s
-    results["inprocess_pairs_per_s"] = len(work) / inproc_s
+    results["naive_tokens_per_s"] = tokens / total["naive"]
+    results["naive_pairs_per_s"] = len(work) / total["naive"]
+    results["inprocess_tokens_per_s"] = tokens / total["fp32"]
+    results["inprocess_pairs_per_s"] = len(work) / total["fp32"]
     results["inprocess_max_abs_diff_vs_naive"] = max(
-        abs(a - b) for a, b in zip(inproc_scores, naive_scores, strict=True)
+        abs(a - b) for a, b in zip(scores["fp32"], scores["naive"], strict=True)
     )
-    # The pair ratio is within run-to-run noise of its target, so it gets a spread: repeated, interleaved timings
-    # (interleaving spreads slow phases of the machine over both paths).
-    pair_ratios = [naive_s / inproc_s]
-    for _ in range(repeats - 1):
-        n_s = timed(naive, warm=False)[0]
-        pair_ratios.append(n_s / timed(lambda: rm.score(items), warm=False)[0])
-    results["inprocess_vs_naive_runs"] = pair_ratios
-    results["inprocess_vs_naive_mean"] = statistics.fmean(pair_ratios)
-    results["inprocess_vs_naive_sd"] = statistics.stdev(pair_ratios) if len(pair_ratios) > 1 else 0.0
-    print("in-process / naive (pairs), per run: " + ", ".join(f"{r:.3f}" for r in pair_ratios))
+    pair = ratio_summary(seconds["naive"], seconds["fp32"])
+    results["inprocess_vs_naive"] = pair
+    results["inprocess_vs_naive_runs"] = pair["runs"]
+    results["inprocess_vs_naive_mean"] = statistics.fmean(pair["runs"])
+    results["inprocess_vs_naive_sd"] = statistics.stdev(pair["runs"]) if rounds > 1 else 0.0
+    print("in-process / naive (pairs), per round: " + ", ".join(f"{r:.3f}" for r in pair["runs"]))
+    for mode in ("int8", "int8-mixed"):
+        key = mode.replace("-", "_")
+        vs_fp32 = ratio_summary(seconds["fp32"], seconds[mode])
+        vs_naive = ratio_summary(seconds["naive"], seconds[mode])  # the pair workload's "≥ 1.6 × accelerated"
+        results[f"{key}_inprocess_tokens_per_s"] = tokens / total[mode]
+        results[f"{key}_vs_fp32"] = vs_fp32
+        results[f"{key}_vs_fp32_inprocess"] = vs_fp32["overall"]
+        results[f"{key}_vs_naive_rounds"] = vs_naive
+        results[f"{key}_vs_naive"] = vs_naive["overall"]
+        results[f"{key}_max_abs_score_diff"] = max(
+            abs(a - b) for a, b in zip(scores[mode], scores["fp32"], strict=True)
+        )
+        print(
+            f"{mode}: {tokens / total[mode]:.0f} tok/s; × fp32 per round "
+            + ", ".join(f"{r:.2f}" for r in vs_fp32["runs"])
+            + "; × naive per round "
+            + ", ".join(f"{r:.2f}" for r in vs_naive["runs"])
+        )
+    del models, paths
 
     # Best-of-N: one 1,000-token prompt, N ~100-token responses; shared prompt vs scoring N sequences independently.
     for n in (4, 16):
@@ -305,20 +372,6 @@ def main(
         }
         print(f"best-of-{n}: independent {indep_s:.2f}s, shared {shared_s:.2f}s → {indep_s / shared_s:.2f}×")
     results["best_of_16_speedup"] = results["best_of_16"]["speedup"]
-
-    # The opt-in int8 backbone (armo.model_store.quant): every Linear, or all but the residual writers. Loading it
-    # calibrates and compiles its kernel, outside the timed region.
-    for mode in ("int8", "int8-mixed"):
-        qbackbone = load_backbone("embedded", quantize=mode)
-        qrm = RewardModel(qbackbone, head, manifest, rm.config)
-        q_s, q_out = timed(lambda qrm=qrm: qrm.score(items))
-        key = mode.replace("-", "_")
-        results[f"{key}_inprocess_tokens_per_s"] = tokens / q_s
-        results[f"{key}_vs_fp32_inprocess"] = inproc_s / q_s
-        results[f"{key}_vs_naive"] = naive_s / q_s  # the pair workload's "≥ 1.6 × with the accelerated path"
-        results[f"{key}_max_abs_score_diff"] = max(abs(a.score - b) for a, b in zip(q_out, inproc_scores, strict=True))
-        print(f"{mode}: {tokens / q_s:.0f} tok/s, {inproc_s / q_s:.2f}× fp32 in-process, {naive_s / q_s:.2f}× naive")
-        del qbackbone, qrm
     results["inprocess_peak_rss_mb"] = peak_rss_mb()
 
     if http:
@@ -328,7 +381,11 @@ def main(
         cmd = [sys.executable, "-m", "armo.cli", "serve", "--port", str(port)]
         with server(cmd, env, port, tmp / "service.log") as proc:
             payloads = [{"items": [{"messages": m, "response": c}, {"messages": m, "response": r}]} for m, c, r in work]
+            # The raw forward is timed again right before and after the load (the server idles meanwhile), so the
+            # overhead ratio compares the two at the same machine speed.
+            raw_around = [timed(raw_forward, warm=False)[0]]
             load = http_load(f"http://127.0.0.1:{port}/v1/score", payloads, concurrency)
+            raw_around.append(timed(raw_forward, warm=False)[0])
             service_scores = [s["score"] for body in load.bodies for s in body["results"]]
             results["service_rss_mb"] = peak_rss_mb(proc.pid)
         port = free_port()
@@ -353,7 +410,8 @@ def main(
         results["service_pairs_per_s"] = len(work) / load.wall_s
         results["naive_server_pairs_per_s"] = len(work) / naive_load.wall_s
         results["p99_latency_s"] = load.percentile(99)
-        results["service_vs_raw_forward"] = results["service_tokens_per_s"] / results["raw_forward_tokens_per_s"]
+        results["raw_forward_around_http_tokens_per_s"] = [tokens / t for t in raw_around]
+        results["service_vs_raw_forward"] = results["service_tokens_per_s"] / (tokens / statistics.fmean(raw_around))
         results["service_vs_ceiling"] = results["service_tokens_per_s"] / ceiling
         results["service_vs_naive"] = results["service_pairs_per_s"] / results["naive_pairs_per_s"]
         results["service_vs_naive_server"] = results["service_pairs_per_s"] / results["naive_server_pairs_per_s"]

@@ -10,7 +10,7 @@ from torch import nn
 
 from armo.model_store import quant
 from armo.model_store.backbone import RESIDUAL_WRITERS, Backbone, load_backbone
-from armo.model_store.quant import Int8Linear, int8_matmul
+from armo.model_store.quant import Int8Linear, Int8Part, SharedInputInt8, int8_matmul
 from armo.model_store.reward_model import RewardModel, ScoreItem
 from tests.conftest import make_artifact
 
@@ -72,14 +72,50 @@ def test_kernel_falls_back_to_eager_when_compilation_fails(monkeypatch: pytest.M
     assert kernel._fn is int8_matmul
 
 
-def test_calibration_covers_every_linear(tiny_backbone: Backbone) -> None:
+def test_calibration_covers_every_linear_and_finds_the_shared_inputs(tiny_backbone: Backbone) -> None:
     batches = quant.calibration_batches(tiny_backbone.tokenizer)
     assert len(batches) >= 12 and all(b["input_ids"].shape[0] == 1 for b in batches)
-    stats = quant.activation_absmax(tiny_backbone.model, batches)
+    calibration = quant.calibrate(tiny_backbone.model, batches)
+    stats = calibration.absmax
     linears = {n: m for n, m in tiny_backbone.model.named_modules() if isinstance(m, nn.Linear)}
     assert set(stats) == set(linears)
     for name, m in linears.items():
         assert stats[name].shape == (m.in_features,) and bool((stats[name] > 0).all())
+    layers = tiny_backbone.model.config.num_hidden_layers
+    expected = []
+    for i in range(layers):  # found by tracing which Linears read the same tensor, not by name
+        expected.append(tuple(f"layers.{i}.self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj")))
+        expected.append(tuple(f"layers.{i}.mlp.{p}" for p in ("gate_proj", "up_proj")))
+    assert calibration.shared_input == tuple(expected)
+    for group in calibration.shared_input:  # one input, so one set of maxima
+        for name in group[1:]:
+            torch.testing.assert_close(stats[name], stats[group[0]], rtol=0, atol=0)
+
+
+def test_shared_input_parts_read_one_product_and_match_separate_calls() -> None:
+    torch.manual_seed(2)
+    linears = [nn.Linear(96, 32), nn.Linear(96, 16, bias=False), nn.Linear(96, 16)]
+    x = _outlier_input(rows=11)
+    shared = SharedInputInt8(linears, x.abs().amax(dim=0))
+    parts = [Int8Part(shared, i) for i in range(3)]
+    calls = 0
+    product = shared.product.forward
+
+    def counting(t: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        return product(t)
+
+    shared.product.forward = counting  # type: ignore[method-assign]
+    together = [p(x) for p in parts]  # q, k, v order on one tensor: one product
+    assert calls == 1 and shared._memo is None  # the last reader releases the input
+    apart = [p(x.clone()) for p in parts]  # a new tensor each time: each recomputes, same numbers
+    assert calls == 4
+    for part, linear, a, b in zip(parts, linears, together, apart, strict=True):
+        assert a.shape == (11, linear.out_features) == (11, part.out_features)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        exact = linear(x).detach()
+        assert 0 < _rel_err(a, exact) < 0.02
 
 
 ITEMS = [
@@ -96,9 +132,11 @@ def test_int8_backbone_is_opt_in_close_and_batch_invariant(tiny_backbone_dir: Pa
     kinds = {name.rsplit(".", 1)[-1]: type(m) for name, m in int8.model.named_modules() if name.endswith("proj")}
     assert set(kinds) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     for name, kind in kinds.items():
-        keeps_fp32 = mode == "int8-mixed" and name in RESIDUAL_WRITERS
-        assert kind is (nn.Linear if keeps_fp32 else Int8Linear), name
-    assert not any(isinstance(m, Int8Linear) for m in fp32.model.modules())
+        if name in RESIDUAL_WRITERS:  # o_proj, down_proj: each reads its own input
+            assert kind is (nn.Linear if mode == "int8-mixed" else Int8Linear), name
+        else:  # q/k/v and gate/up read one tensor each: one product per group
+            assert kind is Int8Part, name
+    assert not any(isinstance(m, (Int8Linear, Int8Part)) for m in fp32.model.modules())
     manifest, head = make_artifact(fp32)
     exact = [r.score for r in RewardModel(fp32, head, manifest).score(ITEMS)]
     rm = RewardModel(int8, head, manifest)

@@ -7,6 +7,7 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,7 +15,7 @@ from armo.model_store.backbone import load_backbone
 from armo.model_store.reward_model import RewardModel, ScoreItem
 from armo.model_store.store import ModelStore
 from armo.training.config import TrainConfig
-from armo.training.pipeline import pair_accuracy, run, sweep, validation_accuracy
+from armo.training.pipeline import fit_objectives, load_features, pair_accuracy, run, sweep, validation_accuracy
 from armo.training.rewardbench import SECTIONS
 
 
@@ -68,6 +69,7 @@ def _eval_items(cfg: TrainConfig) -> list:  # type: ignore[type-arg]
         {"gating.input": "response"},
         {"gating.balance_groups": True},
         {"gating.init": "uniform"},
+        {"probes.cross_fit": 3},
     ],
 )
 def test_ablations_run(tiny_config: TrainConfig, overrides: dict[str, object]) -> None:
@@ -132,3 +134,34 @@ def test_compare_scores_published_versions_on_one_validation_split(tiny_config: 
         )
         wins += 1.0 if sc > sr else 0.5 if sc == sr else 0.0
     assert results["t0"]["all"] == pytest.approx(wins / len(val), abs=1e-9)
+
+
+def test_cross_fit_gives_the_gating_out_of_fold_probe_values(tiny_config: TrainConfig) -> None:
+    tiny_config.probes.weight_decays = [1e-3]  # a probe that overfits its few pairs: in-sample it looks perfect
+    f = load_features(tiny_config, None, with_eval=False)
+    # Features that carry no signal (wide enough for a probe to separate its few pairs by chance)
+    g = torch.Generator().manual_seed(0)
+    f.table.response = torch.randn(f.table.response.shape[0], 256, generator=g)
+    plain = fit_objectives(tiny_config, f)
+    assert plain.gating_raw is None
+    tiny_config.probes.cross_fit = 3
+    objs = fit_objectives(tiny_config, f)
+    assert objs.gating_raw is not None
+    np.testing.assert_array_equal(objs.raw, plain.raw)  # the published objectives do not change
+    in_train = {it for i, v in enumerate(f.train.pair_val) if not v for it in f.train.pair_items[i]}
+    # responses only in validation pairs (a response can be in several pairs): no probe was fit on them
+    val_items = [it for i, v in enumerate(f.train.pair_val) if v for it in f.train.pair_items[i] if it not in in_train]
+    assert val_items
+    out_of_fold = []
+    for i, spec in enumerate(objs.specs):
+        column = objs.gating_raw[:, i]
+        if isinstance(spec, str) or spec.kind != "pairwise":  # rules and ratings: never fit on these pairs
+            np.testing.assert_array_equal(column, objs.raw[:, i])
+            continue
+        np.testing.assert_array_equal(column[val_items], objs.raw[val_items, i])  # out of sample already
+        assert not np.allclose(column, objs.raw[:, i])
+        # In sample a probe "explains" its pairs; out of fold it is a coin toss — the gap the gating must not
+        # learn from.
+        assert spec.metrics["train_accuracy"] >= 0.9
+        out_of_fold.append(spec.metrics["cross_fit_accuracy"])
+    assert len(out_of_fold) == 3 and np.mean(out_of_fold) <= 0.7  # chance is 0.5; a handful of pairs per probe

@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, 
 
 from armo.model_store.errors import ArtifactError
 from armo.model_store.manifest import BackboneRef, fsync_path, sha256_file
-from armo.model_store.quant import activation_absmax, calibration_batches, quantize_linears
+from armo.model_store.quant import calibrate, calibration_batches, quantize_linears
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,7 @@ def _finish(
         if device != "cpu":
             raise ArtifactError("the int8 backbone runs on the CPU only", field="quantize")
         batches = calibration_batches(tokenizer)
-        stats = activation_absmax(model, batches)
-        n = quantize_linears(model, stats, RESIDUAL_WRITERS if quantize == "int8-mixed" else ())
+        n = quantize_linears(model, calibrate(model, batches), RESIDUAL_WRITERS if quantize == "int8-mixed" else ())
         started = time.perf_counter()
         with torch.inference_mode():  # compile the int8 kernel now, not on the first request
             model(**batches[0], use_cache=False)

@@ -10,7 +10,8 @@ validation pairs (docs/BENCHMARKS.md). Here:
   (max/median up to ~140 here) into the weights, where per-channel scales absorb them. max|X_j| is measured once,
   at load, on a small hand-written calibration set shipped with the package (`calibration.json`);
 - the int8 x int8 -> int32 product is `torch._int_mm` (oneDNN VNNI on x86), and the quantise / rescale around it
-  is compiled by torch.compile into fused loops: eager, those memory-bound steps cost as much as the matmul.
+  is compiled by torch.compile into fused loops: eager, those memory-bound steps cost as much as the matmul;
+- Linears that read one tensor (q/k/v, gate/up) share one smoothing, quantisation and product (`SharedInputInt8`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 
 CALIBRATION = Path(__file__).with_name("calibration.json")
 # Names the numerics: a cache of features made by one scheme must not be read by another (armo eval --quantize).
-SCHEME = "w8-channel.a8-token.smooth0.5"
+SCHEME = "w8-channel.a8-token.smooth0.5.shared-input"
 SMOOTH_ALPHA = 0.5  # SmoothQuant's default migration strength; 0.3 and 0.7 agreed less with fp32 on validation pairs
 
 
@@ -107,37 +109,117 @@ def calibration_batches(tokenizer: Any) -> list[dict[str, Tensor]]:
     return batches
 
 
-def activation_absmax(model: nn.Module, batches: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """max |x| per input channel of every nn.Linear over the calibration batches, by module name."""
-    stats: dict[str, Tensor] = {}
+@dataclass(frozen=True)
+class Calibration:
+    """What one pass over the calibration batches measured."""
+
+    absmax: dict[str, Tensor]  # max |x| per input channel of every nn.Linear, by module name
+    # Linears that read the very same tensor in every batch (q/k/v; gate/up), in module order: they can share one
+    # smoothing, one quantised activation and one integer product.
+    shared_input: tuple[tuple[str, ...], ...]
+
+
+def calibrate(model: nn.Module, batches: list[dict[str, Tensor]]) -> Calibration:
+    """Run the calibration batches once, recording every nn.Linear's input maxima and which Linears share inputs."""
+    absmax: dict[str, Tensor] = {}
+    readers: dict[int, tuple[Tensor, list[str]]] = {}  # id(input) -> (input kept alive so ids stay unique, names)
 
     def record(name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            a = inputs[0].reshape(-1, inputs[0].shape[-1]).abs().amax(dim=0).float()
-            stats[name] = torch.maximum(stats[name], a) if name in stats else a
+            x = inputs[0]
+            a = x.reshape(-1, x.shape[-1]).abs().amax(dim=0).float()
+            absmax[name] = torch.maximum(absmax[name], a) if name in absmax else a
+            readers.setdefault(id(x), (x, []))[1].append(name)
 
         return hook
 
-    hooks = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    together: dict[str, frozenset[str]] = {}  # per Linear: the Linears that read its input in every batch so far
+    hooks = [model.get_submodule(n).register_forward_hook(record(n)) for n in names]
     try:
         with torch.inference_mode():
             for batch in batches:
+                readers.clear()
                 model(**batch, use_cache=False)
+                for _, group in readers.values():
+                    for n in group:
+                        together[n] = together.get(n, frozenset(group)) & frozenset(group)
     finally:
+        readers.clear()
         for h in hooks:
             h.remove()
-    return stats
+    groups = {g for g in together.values() if len(g) > 1 and all(together[m] == g for m in g)}
+    shared = tuple(sorted((tuple(n for n in names if n in g) for g in groups), key=lambda g: names.index(g[0])))
+    return Calibration(absmax, shared)
+
+
+class SharedInputInt8(nn.Module):
+    """Linears that always read the same tensor (q/k/v of an attention block; gate/up of an MLP) as one Int8Linear
+    over their stacked weights: the input is smoothed with one vector (from the union of their weight columns) and
+    quantised once, and one integer product serves all of them — the quantise step is the int8 path's overhead, and
+    this runs it 4 times per Llama layer instead of 7. Each member (`Int8Part`) reads its columns of the product."""
+
+    def __init__(self, linears: list[nn.Linear], act_absmax: Tensor | None, alpha: float = SMOOTH_ALPHA) -> None:
+        super().__init__()
+        has_bias = any(m.bias is not None for m in linears)
+        stacked = nn.Linear(linears[0].in_features, sum(m.out_features for m in linears), bias=has_bias)
+        with torch.no_grad():
+            stacked.weight.copy_(torch.cat([m.weight.detach().float() for m in linears]))
+            if stacked.bias is not None:
+                stacked.bias.copy_(
+                    torch.cat([torch.zeros(m.out_features) if m.bias is None else m.bias.float() for m in linears])
+                )
+        self.product = Int8Linear(stacked, act_absmax, alpha)
+        bounds = [0]
+        for m in linears:
+            bounds.append(bounds[-1] + m.out_features)
+        self.bounds = tuple(bounds)
+        # (input, product, members still to read it): the members are called one after another on one tensor.
+        self._memo: tuple[Tensor, Tensor, int] | None = None
+
+    def part(self, index: int, x: Tensor) -> Tensor:
+        memo = self._memo  # one read: a concurrent caller can at worst recompute, never get another input's rows
+        if memo is not None and memo[0] is x:
+            y, waiting = memo[1], memo[2] - 1
+        else:
+            y, waiting = self.product(x), len(self.bounds) - 2
+        self._memo = (x, y, waiting) if waiting > 0 else None
+        return y[..., self.bounds[index] : self.bounds[index + 1]]
+
+
+class Int8Part(nn.Module):
+    """One member of a SharedInputInt8: a drop-in for the nn.Linear it replaced."""
+
+    def __init__(self, shared: SharedInputInt8, index: int) -> None:
+        super().__init__()
+        self.shared = shared
+        self.index = index
+        self.in_features = shared.product.in_features
+        self.out_features = shared.bounds[index + 1] - shared.bounds[index]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.shared.part(self.index, x)
 
 
 def quantize_linears(
-    model: nn.Module, stats: dict[str, Tensor] | None, skip: tuple[str, ...] = (), alpha: float = SMOOTH_ALPHA
+    model: nn.Module, calibration: Calibration | None, skip: tuple[str, ...] = (), alpha: float = SMOOTH_ALPHA
 ) -> int:
-    """Replace every nn.Linear whose name does not end in `skip` by an Int8Linear, in place; returns the count."""
-    replaced = 0
-    for parent_name, parent in list(model.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            name = f"{parent_name}.{child_name}" if parent_name else child_name
-            if isinstance(child, nn.Linear) and not name.endswith(skip):
-                setattr(parent, child_name, Int8Linear(child, None if stats is None else stats.get(name), alpha))
-                replaced += 1
-    return replaced
+    """Replace every nn.Linear whose name does not end in `skip`, in place: Linears that share their input (per the
+    calibration) by Int8Parts of one SharedInputInt8, the others by an Int8Linear. Returns the count replaced."""
+    absmax = {} if calibration is None else calibration.absmax
+    todo = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith(skip)}
+
+    def put(name: str, module: nn.Module) -> None:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, module)
+
+    for group in () if calibration is None else calibration.shared_input:
+        if all(n in todo for n in group):
+            stats = [absmax[n] for n in group if n in absmax]
+            shared = SharedInputInt8([todo[n] for n in group], torch.stack(stats).amax(dim=0) if stats else None, alpha)
+            for i, n in enumerate(group):
+                put(n, Int8Part(shared, i))
+    for name, linear in todo.items():
+        if not isinstance(model.get_submodule(name), Int8Part):
+            put(name, Int8Linear(linear, absmax.get(name), alpha))
+    return len(todo)

@@ -75,6 +75,15 @@ def fit_ridge(
     )
 
 
+def bt_weights(diff_train: Array, l2: float) -> Array:
+    """w [d] of a linear Bradley-Terry probe at a fixed L2 strength (see `fit_bt_probe`)."""
+    scale = diff_train.std(axis=0) + 1e-6
+    xt = np.vstack([diff_train, -diff_train]) / scale
+    yt = np.concatenate([np.ones(len(diff_train)), np.zeros(len(diff_train))])
+    m = LogisticRegression(C=1.0 / (l2 * len(xt)), fit_intercept=False, max_iter=2000).fit(xt, yt)
+    return np.asarray(m.coef_[0] / scale, dtype=np.float64)
+
+
 def fit_bt_probe(
     name: str,
     diff_train: Array,
@@ -87,13 +96,9 @@ def fit_bt_probe(
     Logistic regression without intercept on ±diff (both orders, so the problem is symmetric); features are
     scaled by their standard deviation for conditioning; the L2 strength is picked on validation accuracy.
     """
-    scale = diff_train.std(axis=0) + 1e-6
-    xt = np.vstack([diff_train, -diff_train]) / scale
-    yt = np.concatenate([np.ones(len(diff_train)), np.zeros(len(diff_train))])
     best: tuple[float, float, Array] | None = None
     for wd in cfg.weight_decays:
-        m = LogisticRegression(C=1.0 / (wd * len(xt)), fit_intercept=False, max_iter=2000).fit(xt, yt)
-        w = m.coef_[0] / scale
+        w = bt_weights(diff_train, wd)
         acc = _pair_accuracy(diff_val @ w) if len(diff_val) else 0.0
         if best is None or acc > best[1]:
             best = (wd, acc, w)

@@ -29,7 +29,7 @@ from armo.training.evaluate import EvalResult, evaluate_artifact, score_items
 from armo.training.extract import FeatureTable
 from armo.training.featurize import featurize, get_backbone
 from armo.training.gating import PairTensors, equal_gating, gating_config, train_gating
-from armo.training.objectives import LinearObjective, fit_bt_probe, fit_ridge, rule_matrix
+from armo.training.objectives import LinearObjective, bt_weights, fit_bt_probe, fit_ridge, rule_matrix
 from armo.training.prepare import Dataset, build_eval_set, build_training_set, pair_group
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ class Objectives:
 
     specs: list[LinearObjective | str]  # a str is a rule name
     raw: np.ndarray  # [N_items, k]
+    # What the gating trains on, if it differs from `raw`: probe columns out of fold (`probes.cross_fit`).
+    gating_raw: np.ndarray | None = None
 
     @property
     def names(self) -> list[str]:
@@ -122,6 +124,9 @@ def fit_objectives(cfg: TrainConfig, f: Features) -> Objectives:
             for name, groups in cfg.probes.objectives.items():
                 specs.append(_probe(cfg, f, name, groups, ""))
         specs.extend(cfg.objectives.rules)
+    probe_groups = (
+        {"preference": sorted({pair_group(p) for p in ds.pairs})} if cfg.objectives.blackbox else cfg.probes.objectives
+    )
     raw = np.zeros((len(ds.items), len(specs)))
     rule_names = [s for s in specs if isinstance(s, str)]
     rule_raw = rule_matrix(ds.items, f.table, rule_names) if rule_names else np.zeros((len(ds.items), 0))
@@ -132,7 +137,13 @@ def fit_objectives(cfg: TrainConfig, f: Features) -> Objectives:
             j += 1
         else:
             raw[:, i] = s.predict(h)
-    return Objectives(specs, raw)
+    gating_raw = None
+    if cfg.probes.cross_fit >= 2:
+        gating_raw = raw.copy()
+        for i, s in enumerate(specs):
+            if isinstance(s, LinearObjective) and s.kind == "pairwise":
+                gating_raw[:, i] = _out_of_fold(cfg, f, s, probe_groups[s.name])
+    return Objectives(specs, raw, gating_raw)
 
 
 def _probe(cfg: TrainConfig, f: Features, name: str, groups: list[str], description: str) -> LinearObjective:
@@ -145,6 +156,28 @@ def _probe(cfg: TrainConfig, f: Features, name: str, groups: list[str], descript
     if description:
         obj.description = description
     return obj
+
+
+def _out_of_fold(cfg: TrainConfig, f: Features, probe: LinearObjective, groups: list[str]) -> np.ndarray:
+    """The probe's raw values [N_items] as the gating should see them: on the items of the pairs it was fit to,
+    values from probes fit (at its L2) on the other `cross_fit` folds; elsewhere its own values (out of sample)."""
+    ds, h = f.train, _np(f.table.response)
+    values = probe.predict(h)
+    k = cfg.probes.cross_fit
+    fitted = [
+        i for i, p in enumerate(ds.pairs) if pair_group(p) in groups and _probe_share(cfg, p.id) and not ds.pair_val[i]
+    ]
+    fold = {i: int(id_fraction(ds.pairs[i].id, "cross-fit") * k) for i in fitted}
+    diff = lambda pairs: h[[c for c, _ in pairs]] - h[[r for _, r in pairs]]  # noqa: E731
+    for j in range(k):
+        held = sorted({item for i in fitted if fold[i] == j for item in ds.pair_items[i]})
+        # a pair sharing a response with the held-out fold must not be fit on either
+        rest = [ds.pair_items[i] for i in fitted if fold[i] != j and not set(ds.pair_items[i]) & set(held)]
+        values[held] = h[held] @ bt_weights(diff(rest), probe.metrics["l2"]) + probe.b
+    pairs = [ds.pair_items[i] for i in fitted]
+    margin = values[[c for c, _ in pairs]] - values[[r for _, r in pairs]]
+    probe.metrics["cross_fit_accuracy"] = float(np.mean((margin > 0) + 0.5 * (margin == 0)))
+    return values
 
 
 def _probe_share(cfg: TrainConfig, pair_id: str) -> bool:
@@ -220,6 +253,9 @@ def assemble(cfg: TrainConfig, f: Features, objs: Objectives, backbone: Backbone
     else:
         deb = identity_debias(r, vi)
     debiased = r @ deb.transform.T
+    # The gating's training pairs read out-of-fold probe values when cross-fitting (same standardiser, same T);
+    # validation pairs were never fit on, so their published values are already out of sample.
+    gating_debiased = debiased if objs.gating_raw is None else std(objs.gating_raw) @ deb.transform.T
     gcfg = gating_config(cfg.gating)
     x = _np(f.table.prompt if cfg.gating.input == "prompt" else f.table.response)
     train_idx = [i for i, v in enumerate(f.train.pair_val) if not v]
@@ -231,7 +267,7 @@ def assemble(cfg: TrainConfig, f: Features, objs: Objectives, backbone: Backbone
     if cfg.objectives.gating == "equal" or k == 1:
         net: GatingNetwork = equal_gating(d, k, cfg.gating)
     else:
-        train_pairs = _pair_tensors(f, train_idx, x, debiased)
+        train_pairs = _pair_tensors(f, train_idx, x, gating_debiased)
         val_pairs = _pair_tensors(f, val_idx, x, debiased)
         if cfg.gating.balance_groups:
             train_pairs.weight = _balanced_weights(f, train_idx)

@@ -134,6 +134,26 @@ def test_compare_scores_published_versions_on_one_validation_split(tiny_config: 
         )
         wins += 1.0 if sc > sr else 0.5 if sc == sr else 0.0
     assert results["t0"]["all"] == pytest.approx(wins / len(val), abs=1e-9)
+    by_prompt = copy.deepcopy(tiny_config)
+    by_prompt.data.split_by = "prompt"
+    with pytest.raises(ValueError, match="t0 was trained with split_by='id'"):
+        validation_accuracy(by_prompt, ["t0"], Path(tiny_config.store))
+
+
+def test_prompt_split_keeps_every_pair_of_a_prompt_on_one_side(tiny_config: TrainConfig) -> None:
+    from armo.training.prepare import build_training_set
+
+    by_id = build_training_set(tiny_config.data)
+    tiny_config.data.split_by = "prompt"
+    ds = build_training_set(tiny_config.data)
+    assert [p.id for p in ds.pairs] == [p.id for p in by_id.pairs]  # same sample, so the same feature cache
+    assert ds.pair_val != by_id.pair_val and any(ds.pair_val) and not all(ds.pair_val)
+    side: dict[str, bool] = {}
+    for p, val in zip(ds.pairs, ds.pair_val, strict=True):
+        assert side.setdefault(repr(p.messages), val) == val
+    for r, val in zip(ds.ratings, ds.rating_val, strict=True):
+        assert side.setdefault(repr(r.messages), val) == val
+    assert len(side) < len(ds.pairs) + len(ds.ratings)  # prompts do repeat here, so the test has teeth
 
 
 def test_cross_fit_gives_the_gating_out_of_fold_probe_values(tiny_config: TrainConfig) -> None:

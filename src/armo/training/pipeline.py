@@ -224,8 +224,9 @@ def pair_accuracy(margin: torch.Tensor, groups: list[str]) -> dict[str, float]:
 
 def validation_accuracy(cfg: TrainConfig, versions: list[str], store: Path) -> dict[str, dict[str, float]]:
     """Pair accuracy of published artifacts on this config's validation pairs (cached features; RewardBench never
-    read). Splits are by id hash, so no artifact trained with the same split settings has seen these pairs:
-    artifacts trained on different samples can be compared on the larger sample's validation split."""
+    read). Splits are by hash (of the id or of the prompt), so no artifact trained with the same split settings
+    has seen these pairs: artifacts trained on different samples can be compared on the larger sample's validation
+    split; an artifact trained with other split settings is refused."""
     f = load_features(cfg, None, with_eval=False)
     val_idx = [i for i, v in enumerate(f.train.pair_val) if v]
     chosen = [f.train.pair_items[i][0] for i in val_idx]
@@ -236,6 +237,14 @@ def validation_accuracy(cfg: TrainConfig, versions: list[str], store: Path) -> d
     out = {}
     for version in versions:
         manifest, head = models.load(cfg.name, version)
+        trained = manifest.training.get("data", {})
+        split = (trained.get("split_by", "id"), trained.get("val_fraction"))
+        if split != (cfg.data.split_by, cfg.data.val_fraction):
+            raise ValueError(
+                f"{version} was trained with split_by={split[0]!r}, val_fraction={split[1]}: some of this config's "
+                f"validation pairs (split_by={cfg.data.split_by!r}, val_fraction={cfg.data.val_fraction}) may be "
+                "its training pairs"
+            )
         scores, _ = score_items(RewardModel(backbone, head, manifest), f.train, f.table)
         out[version] = pair_accuracy(scores[chosen] - scores[rejected], groups)
     return out

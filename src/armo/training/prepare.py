@@ -6,6 +6,7 @@ featurised once. Splits are by id hash (`data.split`); a rating row of a pair fo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,17 @@ def _split_key(row_id: str) -> str:
     return row_id
 
 
+def _is_val(cfg: DataConfig, split_id: str, messages: Sequence[dict[str, str]]) -> bool:
+    """Validation membership by hash of the row id or of the prompt (`DataConfig.split_by`)."""
+    if cfg.split_by == "id":
+        key = split_id
+    elif cfg.split_by == "prompt":
+        key = json.dumps([dict(m) for m in messages], sort_keys=True, ensure_ascii=False)
+    else:
+        raise ValueError(f"data.split_by must be 'id' or 'prompt', got {cfg.split_by!r}")
+    return id_fraction(key) < cfg.val_fraction
+
+
 def _add_rows(ds: Dataset, cfg: DataConfig, pair_sample: dict[str, int], rating_sample: dict[str, int]) -> None:
     """Add the sampled rows not already in `ds` (a larger sample with the same seed is a superset)."""
     root = Path(cfg.root)
@@ -94,7 +106,7 @@ def _add_rows(ds: Dataset, cfg: DataConfig, pair_sample: dict[str, int], rating_
         for p in stratified_sample(rows, pair_group, pair_sample, cfg.seed):
             sampled_pair_ids.add(p.id)
             if p.id not in have:
-                ds.add_pair(p, id_fraction(p.id) < cfg.val_fraction)
+                ds.add_pair(p, _is_val(cfg, p.id, p.messages))
     for f in cfg.ratings:
         ds.data_hashes[f] = file_sha256(root / f)
         rated = [r for r in load_ratings(root / f) if valid(r.messages, r.response)]
@@ -104,7 +116,7 @@ def _add_rows(ds: Dataset, cfg: DataConfig, pair_sample: dict[str, int], rating_
         )
         for r in follow + rest:
             if r.id not in have:
-                ds.add_rating(r, id_fraction(_split_key(r.id)) < cfg.val_fraction)
+                ds.add_rating(r, _is_val(cfg, _split_key(r.id), r.messages))
 
 
 def build_training_set(cfg: DataConfig) -> Dataset:

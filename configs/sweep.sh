@@ -42,3 +42,17 @@ P3='{"helpfulness":["hh-rlhf/helpfulness","rmb/helpfulness"],"harmlessness":["hh
   --try 'gating.temperature=3.0' \
   --try 'gating.temperature=0.3' \
   --try 'objectives.blackbox=true'
+# Round 5: the same sample, validation split by prompt (data.split_by; the id split leaked RMB responses into
+# validation), from the v0.4.0 recipe; then 5b from the best temperature. Winner (ties on balanced broken by "all"):
+# probes.cross_fit=5 with tau 30 = configs/v0.5.0.json (v0.5.0, not promoted: docs/RESULTS.md round 5).
+.venv/bin/armo train sweep --config configs/default.json --out runs/sweep_round5.json "$@" --set 'data.split_by="prompt"' \
+  --try 'gating.temperature=1.0' \
+  --try 'gating.temperature=10.0' \
+  --try 'probes.cross_fit=5' \
+  --try 'objectives.gating="equal"' \
+  --try 'objectives.blackbox=true' \
+  --try 'gating.input="response"'
+.venv/bin/armo train sweep --config configs/default.json --out runs/sweep_round5b.json "$@" --set 'data.split_by="prompt"' \
+  --set gating.temperature=10.0 \
+  --try 'probes.cross_fit=5' \
+  --try 'probes.cross_fit=5;gating.temperature=30.0'

@@ -10,7 +10,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from armo.model_store.backbone import Backbone
 from armo.model_store.errors import InputError, InputTooLongError
-from armo.model_store.features import encode, extract, extract_many
+from armo.model_store.features import _chunks, encode, extract, extract_many
 
 USER = {"role": "user", "content": "What is the capital of France?"}
 SYSTEM = {"role": "system", "content": "You answer in one sentence."}
@@ -169,15 +169,16 @@ def test_shared_prompt_path_equals_full_passes(request: pytest.FixtureRequest, b
 
     hook = backbone.model.register_forward_pre_hook(count)
     try:
-        packed = extract_many(backbone, batch, max_batch_tokens=4096)
+        packed = extract_many(backbone, batch, max_batch_tokens=4096, max_padding=float("inf"))
     finally:
         hook.remove()
-    assert calls == 2  # one pass for the three prompts, one for all nine responses
+    assert calls == 2  # one pass for the three prompts, one for all nine responses (padding allowed)
     small = extract_many(backbone, batch, max_batch_tokens=120, max_batch_size=2)  # several chunks per prompt
+    capped = extract_many(backbone, batch)  # the default padding cap splits the passes further
     plain = extract_many(backbone, batch, share_prompts=False)
     for i, e in enumerate(batch):
         alone = extract(backbone, [e])
-        for feats in (packed, small, plain):
+        for feats in (packed, small, capped, plain):
             assert _close(alone.response[0], feats.response[i]) and _close(alone.prompt[0], feats.prompt[i])
 
 
@@ -188,3 +189,13 @@ def test_truncated_sequences_are_not_shared(tiny_backbone: Backbone) -> None:
     assert a.truncated and b.truncated and a.prefix_length == b.prefix_length == 0
     feats = extract_many(tiny_backbone, [a, b])
     assert _close(feats.response[1], extract(tiny_backbone, [b]).response[0])
+
+
+def test_chunks_respect_the_budget_and_the_padding_cap() -> None:
+    lengths = [100, 10, 10, 11, 20, 21]
+    # sorted: 10, 10, 11 (pads 2 of 31 tokens: within 10 %) | 20, 21 (pads 1 of 41) | 100
+    assert _chunks(lengths, 500, 64, 0.1) == [[1, 2, 3], [4, 5], [0]]
+    assert _chunks(lengths, 500, 64, float("inf")) == [[1, 2, 3, 4, 5], [0]]  # 5 x 21 fits 500, 6 x 100 does not
+    assert _chunks(lengths, 500, 64, 0.0) == [[1, 2], [3], [4], [5], [0]]
+    assert _chunks(lengths, 40, 64, float("inf")) == [[1, 2, 3], [4], [5], [0]]  # 3 x 11 fits 40, 4 x 20 does not
+    assert _chunks(lengths, 1000, 2, float("inf")) == [[1, 2], [3, 4], [5, 0]]  # at most two rows

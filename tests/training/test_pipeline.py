@@ -16,6 +16,7 @@ from armo.model_store.reward_model import RewardModel, ScoreItem
 from armo.model_store.store import ModelStore
 from armo.training.config import TrainConfig
 from armo.training.pipeline import fit_objectives, load_features, pair_accuracy, run, sweep, validation_accuracy
+from armo.training.prepare import Dataset
 from armo.training.rewardbench import SECTIONS
 
 
@@ -37,6 +38,15 @@ def test_pipeline_end_to_end(tiny_config: TrainConfig) -> None:
             assert corr["after"] <= tiny_config.debias.threshold + 1e-9
         if exempt:
             assert corr["lambda"] == 0.0
+    assert set(rb["objectives_alone"]) == set(m.objective_names)
+    assert all(0 <= v <= 100 for per in rb["objectives_alone"].values() for v in per.values() if v is not None)
+    assert result.eval is not None
+    ds = _eval_set(tiny_config)
+    for section, subsets in SECTIONS.items():  # recomputed from the per-item weights
+        rows = [c for (c, _), p in zip(ds.pair_items, ds.pairs, strict=True) if p.subset in subsets]
+        expect = result.eval.item_weights[rows].mean(dim=0)
+        got = torch.tensor([rb["mean_gating_weight"][section][n] for n in m.objective_names])
+        torch.testing.assert_close(got, expect)
     out = Path(tiny_config.out_dir) / "e2e"
     assert json.loads((out / "result.json").read_text())["metrics"]["rewardbench"]["n_pairs"] == rb["n_pairs"]
     assert (out / "sections.png").is_file() and (out / "gating_by_subset.png").is_file()
@@ -53,10 +63,14 @@ def test_pipeline_end_to_end(tiny_config: TrainConfig) -> None:
     assert torch.allclose(scores, result.eval.item_scores[:6], atol=1e-4)
 
 
-def _eval_items(cfg: TrainConfig) -> list:  # type: ignore[type-arg]
+def _eval_set(cfg: TrainConfig) -> Dataset:
     from armo.training.prepare import build_eval_set
 
-    return build_eval_set(cfg.eval, cfg.fast_eval).items
+    return build_eval_set(cfg.eval, cfg.fast_eval)
+
+
+def _eval_items(cfg: TrainConfig) -> list:  # type: ignore[type-arg]
+    return _eval_set(cfg).items
 
 
 @pytest.mark.parametrize(
@@ -141,7 +155,7 @@ def test_compare_scores_published_versions_on_one_validation_split(tiny_config: 
 
 
 def test_prompt_split_keeps_every_pair_of_a_prompt_on_one_side(tiny_config: TrainConfig) -> None:
-    from armo.training.prepare import build_training_set
+    from armo.training.prepare import build_training_set, split_overlap
 
     by_id = build_training_set(tiny_config.data)
     tiny_config.data.split_by = "prompt"
@@ -154,6 +168,12 @@ def test_prompt_split_keeps_every_pair_of_a_prompt_on_one_side(tiny_config: Trai
     for r, val in zip(ds.ratings, ds.rating_val, strict=True):
         assert side.setdefault(repr(r.messages), val) == val
     assert len(side) < len(ds.pairs) + len(ds.ratings)  # prompts do repeat here, so the test has teeth
+    overlap = split_overlap(ds)
+    assert sum(r["val_pairs"] for r in overlap.values()) == sum(ds.pair_val)
+    assert all(r["share_the_prompt"] == r["share_a_response"] == 0 for r in overlap.values())
+    leaky = split_overlap(by_id)
+    assert any(r["share_the_prompt"] > 0 for r in leaky.values())  # the id split lets prompts cross over
+    assert all(r["share_a_response"] <= r["share_the_prompt"] <= r["val_pairs"] for r in leaky.values())
 
 
 def test_cross_fit_gives_the_gating_out_of_fold_probe_values(tiny_config: TrainConfig) -> None:

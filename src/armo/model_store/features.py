@@ -188,16 +188,29 @@ def extract(backbone: Backbone, batch: Sequence[Encoded], padding_side: PaddingS
     return Features(response=hidden[rows, last.to(device)], prompt=hidden[rows, boundary.to(device)])
 
 
-def _chunks(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:
-    """Indices sorted by length, cut into batches whose padded size (rows × longest) fits the token budget."""
+# Padding a chunk may carry, as a share of its real tokens. Sorted neighbours can still differ a lot in length (a
+# pair's chosen and rejected answers do), and padded rows cost full compute: with no cap, RewardBench-like pairs
+# carried 28 % padding, which ate the whole 17 % saved by sharing the prompt. With none allowed at all, most rows
+# run alone and lose what batching gives on this CPU. 5-15 % measured best (docs/BENCHMARKS.md, lesson 10).
+MAX_PADDING = 0.1
+
+
+def _chunks(
+    lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int, max_padding: float = MAX_PADDING
+) -> list[list[int]]:
+    """Indices sorted by length, cut into batches whose padded size (rows × longest) fits the token budget and
+    whose padding stays within `max_padding` × their real tokens."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     chunks: list[list[int]] = []
     i = 0
     while i < len(order):
-        j = i + 1
-        # Sorted ascending, so the padded cost of [i, j) is (j - i) * length of the last one.
-        while j < len(order) and j - i < max_batch_size and (j - i + 1) * lengths[order[j]] <= max_batch_tokens:
-            j += 1
+        j, real = i + 1, lengths[order[i]]
+        # Sorted ascending, so the padded cost of [i, j] is (j - i + 1) * the length of the last one.
+        while j < len(order) and j - i < max_batch_size:
+            padded, grown = (j - i + 1) * lengths[order[j]], real + lengths[order[j]]
+            if padded > max_batch_tokens or padded - grown > max_padding * grown:
+                break
+            j, real = j + 1, grown
         chunks.append(order[i:j])
         i = j
     return chunks
@@ -225,7 +238,12 @@ class SharedPrompt:
 
 @torch.inference_mode()
 def extract_prefixed(
-    backbone: Backbone, groups: Sequence[PrefixGroup], *, max_batch_tokens: int = 1024, max_batch_size: int = 64
+    backbone: Backbone,
+    groups: Sequence[PrefixGroup],
+    *,
+    max_batch_tokens: int = 1024,
+    max_batch_size: int = 64,
+    max_padding: float = MAX_PADDING,
 ) -> Features:
     """Responses to several prompts: all prompts run once, in one right-padded pass; then every response runs on
     its own prompt's key/value cache (length-sorted chunks under the token budget). Rows: the groups' responses
@@ -255,7 +273,7 @@ def extract_prefixed(
     suffixes = [s for g in groups for s in g.suffixes]
     prompt_len = mask.sum(dim=1)  # [G]
     response = torch.empty((len(suffixes), backbone.hidden_size))
-    chunks = _chunks([len(s) for s in suffixes], max_batch_tokens, max_batch_size)
+    chunks = _chunks([len(s) for s in suffixes], max_batch_tokens, max_batch_size, max_padding)
     for n, idx in enumerate(chunks):
         width = max(len(suffixes[k]) for k in idx)
         rids = torch.full((len(idx), width), pad, dtype=torch.long)
@@ -288,13 +306,14 @@ def extract_many(
     max_batch_size: int = 64,
     padding_side: PaddingSide = "right",
     share_prompts: bool = True,
+    max_padding: float = MAX_PADDING,
     on_batch: Callable[[int], None] | None = None,
 ) -> Features:
     """Features for any list of sequences, returned in input order.
 
     Responses that share a prompt (and were not truncated) reuse one prompt pass (`extract_prefixed`, several
-    prompts per pass under the budget); the rest run in length-sorted batches under a padded-token budget, so
-    little compute goes to padding.
+    prompts per pass under the budget); the rest run in length-sorted batches under a padded-token budget and a
+    padding cap (`max_padding`), so little compute goes to padding.
     """
     response = torch.empty((len(encoded), backbone.hidden_size))
     prompt = torch.empty((len(encoded), backbone.hidden_size))
@@ -316,15 +335,19 @@ def extract_many(
             for idx in shared
         ]
         # prompts sorted by length and packed so each padded prompt pass fits the budget
-        for pack in _chunks([len(g.prompt_ids) for g in groups], max_batch_tokens, max_batch_size):
+        for pack in _chunks([len(g.prompt_ids) for g in groups], max_batch_tokens, max_batch_size, max_padding):
             feats = extract_prefixed(
-                backbone, [groups[g] for g in pack], max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size
+                backbone,
+                [groups[g] for g in pack],
+                max_batch_tokens=max_batch_tokens,
+                max_batch_size=max_batch_size,
+                max_padding=max_padding,
             )
             rows = [i for g in pack for i in shared[g]]
             response[rows], prompt[rows] = feats.response, feats.prompt
             if on_batch is not None:
                 on_batch(len(rows))
-    for chunk in _chunks([encoded[i].length for i in singles], max_batch_tokens, max_batch_size):
+    for chunk in _chunks([encoded[i].length for i in singles], max_batch_tokens, max_batch_size, max_padding):
         idx = [singles[k] for k in chunk]
         feats = extract(backbone, [encoded[k] for k in idx], padding_side)
         response[idx] = feats.response.cpu()

@@ -134,6 +134,21 @@ def train_compare(
     _print_accuracies(validation_accuracy(cfg, versions, store or Path(cfg.store)), "version", out)
 
 
+@train_app.command("split-check")
+def train_split_check(config: ConfigOpt = None, sets: SetOpt = None) -> None:
+    """How many validation pairs share a response or the prompt with a training pair, per group (data only)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from armo.training.prepare import build_training_set, split_overlap
+
+    cfg = _config(config, sets)
+    table = Table("group", "validation pairs", "share a response", "share the prompt")
+    for group, row in split_overlap(build_training_set(cfg.data)).items():
+        table.add_row(group, *(str(v) for v in row.values()))
+    Console().print(table)
+
+
 @train_app.command("report")
 def train_report(
     runs: Annotated[list[Path], typer.Argument(help="result.json files (or run directories), first = default")],

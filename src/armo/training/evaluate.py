@@ -18,7 +18,7 @@ from armo.model_store.manifest import Manifest
 from armo.model_store.reward_model import Prepared, RewardModel, ScoreItem
 from armo.training.extract import FeatureTable
 from armo.training.prepare import Dataset
-from armo.training.rewardbench import rewardbench_scores
+from armo.training.rewardbench import SECTIONS, rewardbench_scores
 
 
 @dataclass
@@ -31,9 +31,9 @@ class EvalResult:
 
 def score_items(
     rm: RewardModel, ds: Dataset, table: FeatureTable, batch_size: int = 256
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores [N] and gating weights [N, k] of every item from cached features."""
-    scores, weights = [], []
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scores [N], gating weights [N, k] and debiased objective rewards [N, k] of every item from cached features."""
+    scores, weights, debiased = [], [], []
     for start in range(0, len(ds.items), batch_size):
         idx = list(range(start, min(start + batch_size, len(ds.items))))
         batch = [
@@ -46,7 +46,8 @@ def score_items(
         ex = rm.forward_features(batch, Features(response=table.response[idx], prompt=table.prompt[idx]))
         scores.append(ex.score)
         weights.append(ex.weights)
-    return torch.cat(scores), torch.cat(weights)
+        debiased.append(ex.debiased)
+    return torch.cat(scores), torch.cat(weights), torch.cat(debiased)
 
 
 def evaluate_artifact(
@@ -61,14 +62,29 @@ def evaluate_artifact(
     plots: bool = True,
 ) -> EvalResult:
     rm = RewardModel(backbone, head, manifest)
-    s, w = score_items(rm, ds, table)
+    s, w, deb = score_items(rm, ds, table)
     chosen = [float(s[c]) for c, _ in ds.pair_items]
     rejected = [float(s[r]) for _, r in ds.pair_items]
     scores = rewardbench_scores([p.subset for p in ds.pairs], chosen, rejected)
+    # What each objective alone would score (its debiased reward as the RM), and where the gating puts its weight:
+    # the two together say whether the gating trusts the objectives that are right on a section.
+    c_idx = [c for c, _ in ds.pair_items]
+    r_idx = [r for _, r in ds.pair_items]
+    subsets = [p.subset for p in ds.pairs]
+    scores["objectives_alone"] = {
+        name: rewardbench_scores(subsets, deb[c_idx, k].tolist(), deb[r_idx, k].tolist())["per_section"]
+        for k, name in enumerate(manifest.objective_names)
+    }
+    section_of = {sub: sec for sec, subs in SECTIONS.items() for sub in subs}
+    scores["mean_gating_weight"] = {}
+    for section in SECTIONS:
+        rows = [c for c, p in zip(c_idx, ds.pairs, strict=True) if section_of.get(p.subset) == section]
+        if rows:  # on the chosen side (with prompt-only gating both sides have the same weights)
+            mean = w[rows].mean(dim=0)
+            scores["mean_gating_weight"][section] = {n: float(mean[k]) for k, n in enumerate(manifest.objective_names)}
     scores["mode"] = "fast (stratified sample per subset)" if fast else "full"
     # Length baselines on the same sample (the published 54.3 / 45.7 are on the full set).
     tokens = table.response_tokens.tolist()
-    subsets = [p.subset for p in ds.pairs]
     for name, sign in (("always_shorter", -1.0), ("always_longer", 1.0)):
         b = rewardbench_scores(
             subsets, [sign * tokens[c] for c, _ in ds.pair_items], [sign * tokens[r] for _, r in ds.pair_items]

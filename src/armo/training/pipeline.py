@@ -245,7 +245,7 @@ def validation_accuracy(cfg: TrainConfig, versions: list[str], store: Path) -> d
                 f"validation pairs (split_by={cfg.data.split_by!r}, val_fraction={cfg.data.val_fraction}) may be "
                 "its training pairs"
             )
-        scores, _ = score_items(RewardModel(backbone, head, manifest), f.train, f.table)
+        scores, _, _ = score_items(RewardModel(backbone, head, manifest), f.train, f.table)
         out[version] = pair_accuracy(scores[chosen] - scores[rejected], groups)
     return out
 

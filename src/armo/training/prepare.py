@@ -77,6 +77,25 @@ def rating_group(r: RatingRow) -> str:
     return f"{r.source}/{'multi' if len(r.ratings) > 1 else next(iter(r.ratings), 'none')}"
 
 
+SPLIT_OVERLAP = ("val_pairs", "share_a_response", "share_the_prompt")
+
+
+def split_overlap(ds: Dataset) -> dict[str, dict[str, int]]:
+    """Per pair group: validation pairs, and how many share a response / the prompt with a training pair — what a
+    split must keep at 0 for validation accuracy to measure generalisation (a probe fit on a response scores it)."""
+    train = [i for i, v in enumerate(ds.pair_val) if not v]
+    train_items = {it for i in train for it in ds.pair_items[i]}
+    train_prompts = {repr(ds.pairs[i].messages) for i in train}
+    out: dict[str, dict[str, int]] = {}
+    for i, v in enumerate(ds.pair_val):
+        if v:
+            row = out.setdefault(pair_group(ds.pairs[i]), dict.fromkeys(SPLIT_OVERLAP, 0))
+            row["val_pairs"] += 1
+            row["share_a_response"] += any(it in train_items for it in ds.pair_items[i])
+            row["share_the_prompt"] += repr(ds.pairs[i].messages) in train_prompts
+    return dict(sorted(out.items()))
+
+
 def _split_key(row_id: str) -> str:
     for s in SUFFIXES:
         if row_id.endswith(s):

@@ -84,6 +84,7 @@ def _eval_items(cfg: TrainConfig) -> list:  # type: ignore[type-arg]
         {"gating.balance_groups": True},
         {"gating.init": "uniform"},
         {"probes.cross_fit": 3},
+        {"probes.cross_fit": 3, "data.split_by": "prompt"},
     ],
 )
 def test_ablations_run(tiny_config: TrainConfig, overrides: dict[str, object]) -> None:

@@ -146,7 +146,7 @@ def train_split_check(config: ConfigOpt = None, sets: SetOpt = None) -> None:
     table = Table("group", "validation pairs", "share a response", "share the prompt")
     for group, row in split_overlap(build_training_set(cfg.data)).items():
         table.add_row(group, *(str(v) for v in row.values()))
-    Console().print(table)
+    Console(width=200).print(table)
 
 
 @train_app.command("report")

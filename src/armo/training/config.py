@@ -105,9 +105,9 @@ class ProbeConfig:
     # is not trained on rewards that were fit to the very same pairs.
     fit_fraction: float = 1.0
     # >= 2: the gating is trained on out-of-fold probe values (each training pair's value from a probe fit, at the
-    # same L2, on the other folds by id hash); the published probes are still fit on all pairs. A probe's value on
-    # the very pairs it was fit to flatters it (train accuracy 0.84 vs validation 0.74 for harmlessness in v0.4.0),
-    # and the gating, which learns whom to trust, would over-trust it. 0 = off.
+    # same L2, on the other folds, by hash of the split key); the published probes are still fit on all pairs. A
+    # probe's value on the very pairs it was fit to flatters it (train accuracy 0.84 vs validation 0.74 for
+    # harmlessness in v0.4.0), and the gating, which learns whom to trust, would over-trust it. 0 = off.
     cross_fit: int = 0
 
 

@@ -30,7 +30,7 @@ from armo.training.extract import FeatureTable
 from armo.training.featurize import featurize, get_backbone
 from armo.training.gating import PairTensors, equal_gating, gating_config, train_gating
 from armo.training.objectives import LinearObjective, bt_weights, fit_bt_probe, fit_ridge, rule_matrix
-from armo.training.prepare import Dataset, build_eval_set, build_training_set, pair_group
+from armo.training.prepare import Dataset, build_eval_set, build_training_set, pair_group, split_key
 
 log = logging.getLogger(__name__)
 SERVE_MAX_LENGTH = 2048  # what the service truncates to; training features used cfg.extract.max_length
@@ -167,13 +167,17 @@ def _out_of_fold(cfg: TrainConfig, f: Features, probe: LinearObjective, groups: 
     fitted = [
         i for i, p in enumerate(ds.pairs) if pair_group(p) in groups and _probe_share(cfg, p.id) and not ds.pair_val[i]
     ]
-    fold = {i: int(id_fraction(ds.pairs[i].id, "cross-fit") * k) for i in fitted}
+    # folds follow the split's key, so with split_by="prompt" no prompt is on both sides of a fold either
+    fold = {
+        i: int(id_fraction(split_key(cfg.data, ds.pairs[i].id, ds.pairs[i].messages), "cross-fit") * k) for i in fitted
+    }
     diff = lambda pairs: h[[c for c, _ in pairs]] - h[[r for _, r in pairs]]  # noqa: E731
     for j in range(k):
-        held = sorted({item for i in fitted if fold[i] == j for item in ds.pair_items[i]})
+        held = {item for i in fitted if fold[i] == j for item in ds.pair_items[i]}
         # a pair sharing a response with the held-out fold must not be fit on either
-        rest = [ds.pair_items[i] for i in fitted if fold[i] != j and not set(ds.pair_items[i]) & set(held)]
-        values[held] = h[held] @ bt_weights(diff(rest), probe.metrics["l2"]) + probe.b
+        rest = [ds.pair_items[i] for i in fitted if fold[i] != j and not held.intersection(ds.pair_items[i])]
+        rows = sorted(held)
+        values[rows] = h[rows] @ bt_weights(diff(rest), probe.metrics["l2"]) + probe.b
     pairs = [ds.pair_items[i] for i in fitted]
     margin = values[[c for c, _ in pairs]] - values[[r for _, r in pairs]]
     probe.metrics["cross_fit_accuracy"] = float(np.mean((margin > 0) + 0.5 * (margin == 0)))

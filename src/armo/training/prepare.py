@@ -103,15 +103,17 @@ def _split_key(row_id: str) -> str:
     return row_id
 
 
-def _is_val(cfg: DataConfig, split_id: str, messages: Sequence[dict[str, str]]) -> bool:
-    """Validation membership by hash of the row id or of the prompt (`DataConfig.split_by`)."""
+def split_key(cfg: DataConfig, split_id: str, messages: Sequence[dict[str, str]]) -> str:
+    """What the train/validation split (and the probes' cross-fit folds) hash: the row id or the prompt."""
     if cfg.split_by == "id":
-        key = split_id
-    elif cfg.split_by == "prompt":
-        key = json.dumps([dict(m) for m in messages], sort_keys=True, ensure_ascii=False)
-    else:
-        raise ValueError(f"data.split_by must be 'id' or 'prompt', got {cfg.split_by!r}")
-    return id_fraction(key) < cfg.val_fraction
+        return split_id
+    if cfg.split_by == "prompt":
+        return json.dumps([dict(m) for m in messages], sort_keys=True, ensure_ascii=False)
+    raise ValueError(f"data.split_by must be 'id' or 'prompt', got {cfg.split_by!r}")
+
+
+def _is_val(cfg: DataConfig, split_id: str, messages: Sequence[dict[str, str]]) -> bool:
+    return id_fraction(split_key(cfg, split_id, messages)) < cfg.val_fraction
 
 
 def _add_rows(ds: Dataset, cfg: DataConfig, pair_sample: dict[str, int], rating_sample: dict[str, int]) -> None:

@@ -134,8 +134,10 @@ def test_int8_backbone_is_opt_in_close_and_batch_invariant(tiny_backbone_dir: Pa
     for name, kind in kinds.items():
         if name in RESIDUAL_WRITERS:  # o_proj, down_proj: each reads its own input
             assert kind is (nn.Linear if mode == "int8-mixed" else Int8Linear), name
-        else:  # q/k/v and gate/up read one tensor each: one product per group
+        elif name in quant.SHARED_INPUT:  # q/k/v read one tensor: one product
             assert kind is Int8Part, name
+        else:  # gate/up also read one tensor, but are kept apart (accuracy)
+            assert kind is Int8Linear, name
     assert not any(isinstance(m, (Int8Linear, Int8Part)) for m in fp32.model.modules())
     manifest, head = make_artifact(fp32)
     exact = [r.score for r in RewardModel(fp32, head, manifest).score(ITEMS)]

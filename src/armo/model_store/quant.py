@@ -11,7 +11,7 @@ validation pairs (docs/BENCHMARKS.md). Here:
   at load, on a small hand-written calibration set shipped with the package (`calibration.json`);
 - the int8 x int8 -> int32 product is `torch._int_mm` (oneDNN VNNI on x86), and the quantise / rescale around it
   is compiled by torch.compile into fused loops: eager, those memory-bound steps cost as much as the matmul;
-- Linears that read one tensor (q/k/v, gate/up) share one smoothing, quantisation and product (`SharedInputInt8`).
+- q/k/v, which read one tensor, share one smoothing, quantisation and product (`SharedInputInt8`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,11 @@ log = logging.getLogger(__name__)
 
 CALIBRATION = Path(__file__).with_name("calibration.json")
 # Names the numerics: a cache of features made by one scheme must not be read by another (armo eval --quantize).
-SCHEME = "w8-channel.a8-token.smooth0.5.shared-input"
+SCHEME = "w8-channel.a8-token.smooth0.5.shared-qkv"
+# Traced shared-input groups that are actually fused: only attention's q/k/v. There the one quantise pass saved is a
+# large share of three small products (1.9 -> 2.5 x fp32); for gate/up it saves almost nothing (2.79 -> 2.84 x),
+# and sharing both cost 4.8 RewardBench points on the fast sample (docs/BENCHMARKS.md, lesson 8).
+SHARED_INPUT = ("q_proj", "k_proj", "v_proj")
 SMOOTH_ALPHA = 0.5  # SmoothQuant's default migration strength; 0.3 and 0.7 agreed less with fp32 on validation pairs
 
 
@@ -202,10 +206,15 @@ class Int8Part(nn.Module):
 
 
 def quantize_linears(
-    model: nn.Module, calibration: Calibration | None, skip: tuple[str, ...] = (), alpha: float = SMOOTH_ALPHA
+    model: nn.Module,
+    calibration: Calibration | None,
+    skip: tuple[str, ...] = (),
+    alpha: float = SMOOTH_ALPHA,
+    share: tuple[str, ...] = SHARED_INPUT,
 ) -> int:
     """Replace every nn.Linear whose name does not end in `skip`, in place: Linears that share their input (per the
-    calibration) by Int8Parts of one SharedInputInt8, the others by an Int8Linear. Returns the count replaced."""
+    calibration) and whose names all end in `share` by Int8Parts of one SharedInputInt8, the others by an
+    Int8Linear. Returns the count replaced."""
     absmax = {} if calibration is None else calibration.absmax
     todo = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith(skip)}
 
@@ -214,7 +223,7 @@ def quantize_linears(
         setattr(model.get_submodule(parent) if parent else model, child, module)
 
     for group in () if calibration is None else calibration.shared_input:
-        if all(n in todo for n in group):
+        if all(n in todo and n.endswith(share) for n in group):
             stats = [absmax[n] for n in group if n in absmax]
             shared = SharedInputInt8([todo[n] for n in group], torch.stack(stats).amax(dim=0) if stats else None, alpha)
             for i, n in enumerate(group):

@@ -158,10 +158,10 @@ def calibrate(model: nn.Module, batches: list[dict[str, Tensor]]) -> Calibration
 
 
 class SharedInputInt8(nn.Module):
-    """Linears that always read the same tensor (q/k/v of an attention block; gate/up of an MLP) as one Int8Linear
-    over their stacked weights: the input is smoothed with one vector (from the union of their weight columns) and
-    quantised once, and one integer product serves all of them — the quantise step is the int8 path's overhead, and
-    this runs it 4 times per Llama layer instead of 7. Each member (`Int8Part`) reads its columns of the product."""
+    """Linears that always read the same tensor (q/k/v of an attention block) as one Int8Linear over their stacked
+    weights: the input is smoothed with one vector (from the union of their weight columns) and quantised once, and
+    one integer product serves all of them — the quantise step is the int8 path's overhead, and this runs it 5 times
+    per Llama layer instead of 7. Each member (`Int8Part`) reads its columns of the product."""
 
     def __init__(self, linears: list[nn.Linear], act_absmax: Tensor | None, alpha: float = SMOOTH_ALPHA) -> None:
         super().__init__()

@@ -1,7 +1,8 @@
 """Select the rows a run trains / evaluates on and turn them into one deduplicated extraction job each.
 
 A response that appears in several rows (an UltraFeedback rating and the side of an UltraFeedback pair) is
-featurised once. Splits are by id hash (`data.split`); a rating row of a pair follows its pair's split.
+featurised once. Splits are by hash of the row id or of the prompt (`data.split_by`); a rating row of a pair
+follows its pair's split.
 """
 
 from __future__ import annotations

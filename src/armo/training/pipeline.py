@@ -151,8 +151,7 @@ def _probe(cfg: TrainConfig, f: Features, name: str, groups: list[str], descript
     sel = [i for i, p in enumerate(ds.pairs) if pair_group(p) in groups and _probe_share(cfg, p.id)]
     tr = [ds.pair_items[i] for i in sel if not ds.pair_val[i]]
     va = [ds.pair_items[i] for i in sel if ds.pair_val[i]]
-    diff = lambda pairs: h[[c for c, _ in pairs]] - h[[r for _, r in pairs]]  # noqa: E731
-    obj = fit_bt_probe(name, diff(tr), diff(va), cfg.probes, "+".join(groups))
+    obj = fit_bt_probe(name, _pair_diff(h, tr), _pair_diff(h, va), cfg.probes, "+".join(groups))
     if description:
         obj.description = description
     return obj
@@ -171,17 +170,21 @@ def _out_of_fold(cfg: TrainConfig, f: Features, probe: LinearObjective, groups: 
     fold = {
         i: int(id_fraction(split_key(cfg.data, ds.pairs[i].id, ds.pairs[i].messages), "cross-fit") * k) for i in fitted
     }
-    diff = lambda pairs: h[[c for c, _ in pairs]] - h[[r for _, r in pairs]]  # noqa: E731
     for j in range(k):
         held = {item for i in fitted if fold[i] == j for item in ds.pair_items[i]}
         # a pair sharing a response with the held-out fold must not be fit on either
         rest = [ds.pair_items[i] for i in fitted if fold[i] != j and not held.intersection(ds.pair_items[i])]
         rows = sorted(held)
-        values[rows] = h[rows] @ bt_weights(diff(rest), probe.metrics["l2"]) + probe.b
+        values[rows] = h[rows] @ bt_weights(_pair_diff(h, rest), probe.metrics["l2"]) + probe.b
     pairs = [ds.pair_items[i] for i in fitted]
     margin = values[[c for c, _ in pairs]] - values[[r for _, r in pairs]]
     probe.metrics["cross_fit_accuracy"] = float(np.mean((margin > 0) + 0.5 * (margin == 0)))
     return values
+
+
+def _pair_diff(h: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarray:
+    """h_chosen - h_rejected [P, d] for (chosen item, rejected item) pairs."""
+    return h[[c for c, _ in pairs]] - h[[r for _, r in pairs]]
 
 
 def _probe_share(cfg: TrainConfig, pair_id: str) -> bool:

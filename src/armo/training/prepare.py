@@ -86,14 +86,14 @@ def split_overlap(ds: Dataset) -> dict[str, dict[str, int]]:
     split must keep at 0 for validation accuracy to measure generalisation (a probe fit on a response scores it)."""
     train = [i for i, v in enumerate(ds.pair_val) if not v]
     train_items = {it for i in train for it in ds.pair_items[i]}
-    train_prompts = {repr(ds.pairs[i].messages) for i in train}
+    train_prompts = {prompt_key(ds.pairs[i].messages) for i in train}
     out: dict[str, dict[str, int]] = {}
     for i, v in enumerate(ds.pair_val):
         if v:
             row = out.setdefault(pair_group(ds.pairs[i]), dict.fromkeys(SPLIT_OVERLAP, 0))
             row["val_pairs"] += 1
             row["share_a_response"] += any(it in train_items for it in ds.pair_items[i])
-            row["share_the_prompt"] += repr(ds.pairs[i].messages) in train_prompts
+            row["share_the_prompt"] += prompt_key(ds.pairs[i].messages) in train_prompts
     return dict(sorted(out.items()))
 
 
@@ -104,12 +104,17 @@ def _split_key(row_id: str) -> str:
     return row_id
 
 
+def prompt_key(messages: Sequence[dict[str, str]]) -> str:
+    """The conversation before the response, as one string."""
+    return json.dumps([dict(m) for m in messages], sort_keys=True, ensure_ascii=False)
+
+
 def split_key(cfg: DataConfig, split_id: str, messages: Sequence[dict[str, str]]) -> str:
     """What the train/validation split (and the probes' cross-fit folds) hash: the row id or the prompt."""
     if cfg.split_by == "id":
         return split_id
     if cfg.split_by == "prompt":
-        return json.dumps([dict(m) for m in messages], sort_keys=True, ensure_ascii=False)
+        return prompt_key(messages)
     raise ValueError(f"data.split_by must be 'id' or 'prompt', got {cfg.split_by!r}")
 
 

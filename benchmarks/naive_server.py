@@ -19,7 +19,7 @@ from armo.model_store.store import BUNDLED_ROOT, DEFAULT_MODEL, ModelStore
 
 store = ModelStore(os.environ.get("ARMO_STORE_ROOT", str(BUNDLED_ROOT)))
 manifest, head = store.load(os.environ.get("ARMO_MODEL", DEFAULT_MODEL))
-rm = RewardModel(load_backbone(manifest.backbone.id), head, manifest)
+rm = RewardModel(load_backbone(manifest.backbone.id, packed=False), head, manifest)  # plain HF SDPA
 app = FastAPI()
 
 

@@ -253,6 +253,9 @@ def main(
 ) -> None:
     threads = torch.get_num_threads()
     backbone = load_backbone("embedded")
+    # The same weights with plain SDPA attention and padded batches: the naive peer runs on it (exactly what the
+    # model card's HF forward does), and so does session 4's padded, key/value-cache-sharing scoring path.
+    padded = load_backbone("embedded", packed=False)
     tmp = Path(tempfile.mkdtemp(prefix="armo-bench-"))
     store_root, model = _store_for_benchmark(backbone, tmp)
     manifest, head = ModelStore(store_root).load(model)
@@ -287,25 +290,27 @@ def main(
     results["workload"] = {"pairs": len(work), "sequences": len(encoded), "tokens": tokens, "mean_length": mean_len}
     print(f"matmul {gflops:.1f} GFLOP/s → ceiling {ceiling:.0f} tokens/s; workload {len(work)} pairs, {tokens} tokens")
 
-    # Raw batched forward: the backbone alone, length-sorted batches, no sharing, no heads.
+    # Raw batched forward: the backbone alone, no sharing, no heads; packed (no padding), and padded for comparison.
     budget = rm.config.max_batch_tokens  # the same (best-on-CPU) forward budget for every batched path
 
-    def raw_forward() -> Any:
-        return extract_many(backbone, encoded, max_batch_tokens=budget, share_prompts=False)
+    def raw_forward(b: Backbone = backbone) -> Any:
+        return extract_many(b, encoded, max_batch_tokens=budget, share_prompts=False)
 
     raw_s, _ = timed(raw_forward)
+    raw_padded_s, _ = timed(lambda: raw_forward(padded))
     # Four scoring paths on the pair workload. The naive peer: one full sequence per forward pass (the model card's
     # way), then the heads. This service's path in-process: prompt sharing + length-bucketed batches + heads, on the
     # fp32 backbone and on the opt-in int8 ones (armo.model_store.quant; loading calibrates and compiles, untimed).
     prepared = [Prepared(it, e) for it, e in zip(items, encoded, strict=True)]
     by_item = {id(it): p for it, p in zip(items, prepared, strict=True)}
-    models = {"fp32": rm}
+    rm_padded = RewardModel(padded, head, manifest, rm.config)
+    models = {"fp32": rm, "fp32-padded": rm_padded}
     for mode in ("int8", "int8-mixed"):
         models[mode] = RewardModel(load_backbone("embedded", quantize=mode), head, manifest, rm.config)
 
     def naive(batch: Sequence[ScoreItem]) -> list[float]:
         return [
-            float(rm.forward_features([p], extract(backbone, [p.encoded])).score[0])
+            float(rm_padded.forward_features([p], extract(padded, [p.encoded])).score[0])
             for p in (by_item[id(it)] for it in batch)
         ]
 
@@ -321,6 +326,7 @@ def main(
     results["timing"] = {"rounds": rounds, "slice_pairs": slice_pairs, "seconds_per_round": seconds}
     results["ceiling_tokens_per_s"] = ceiling
     results["raw_forward_tokens_per_s"] = tokens / raw_s
+    results["raw_forward_padded_tokens_per_s"] = tokens / raw_padded_s
     results["fp32_forward_vs_ceiling"] = tokens / raw_s / ceiling
     results["fp32_forward_vs_model_shape_ceiling"] = tokens / raw_s / shape_ceiling
     results["naive_tokens_per_s"] = tokens / total["naive"]
@@ -336,6 +342,16 @@ def main(
     results["inprocess_vs_naive_mean"] = statistics.fmean(pair["runs"])
     results["inprocess_vs_naive_sd"] = statistics.stdev(pair["runs"]) if rounds > 1 else 0.0
     print("in-process / naive (pairs), per round: " + ", ".join(f"{r:.3f}" for r in pair["runs"]))
+    results["padded_inprocess_tokens_per_s"] = tokens / total["fp32-padded"]
+    results["padded_vs_naive"] = ratio_summary(seconds["naive"], seconds["fp32-padded"])
+    results["packed_vs_padded"] = ratio_summary(seconds["fp32-padded"], seconds["fp32"])
+    results["padded_max_abs_diff_vs_naive"] = max(
+        abs(a - b) for a, b in zip(scores["fp32-padded"], scores["naive"], strict=True)
+    )
+    print(
+        "packed / padded (session 4's path), per round: "
+        + ", ".join(f"{r:.3f}" for r in results["packed_vs_padded"]["runs"])
+    )
     for mode in ("int8", "int8-mixed"):
         key = mode.replace("-", "_")
         vs_fp32 = ratio_summary(seconds["fp32"], seconds[mode])

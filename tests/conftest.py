@@ -58,6 +58,12 @@ def tiny_backbone(tiny_backbone_dir: Path) -> Backbone:
     return load_backbone(str(tiny_backbone_dir))
 
 
+@pytest.fixture(scope="session")
+def tiny_padded_backbone(tiny_backbone_dir: Path) -> Backbone:
+    """The same tiny model without packed passes: padded batches and key/value-cache prompt sharing."""
+    return load_backbone(str(tiny_backbone_dir), packed=False)
+
+
 ArtifactFactory = Callable[..., tuple[Manifest, ArmoHead]]
 
 

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
         description="Opt-in approximate CPU path: the backbone's Linear layers in int8 (per-token activations, "
         "SmoothQuant; int8-mixed keeps o_proj and down_proj fp32; speed and score cost in docs/BENCHMARKS.md).",
     )
+    packed: bool = Field(
+        default=True,
+        description="Run sequences packed into unpadded passes, each response continuing its prompt in the same "
+        "row (armo.model_store.packing); false: padded batches with the prompt's key/value cache reused.",
+    )
     torch_threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads; default: torch's choice.")
 
     # -- micro-batcher --------------------------------------------------------------------------------------
@@ -52,8 +57,8 @@ class Settings(BaseSettings):
     forward_batch_tokens: int = Field(
         default=1024,
         ge=16,
-        description="Padded tokens per forward pass inside a batch (rows × longest). ~1024 is fastest on a CPU "
-        "(bigger padded batches lose to attention-mask overhead there, docs/BENCHMARKS.md); use 8k-16k on a GPU.",
+        description="Tokens per forward pass inside a batch: real tokens when packed, rows × longest when padded. "
+        "~1024 is fastest on a CPU (docs/BENCHMARKS.md); use 8k-16k on a GPU.",
     )
     max_wait_ms: float = Field(
         default=5.0, ge=0, description="How long the first request of a batch waits for company."

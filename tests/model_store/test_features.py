@@ -132,11 +132,13 @@ def test_batch_invariance_embedded(embedded_backbone: Backbone, padding_side: st
     assert not _close(together.response[0], together.response[1])
 
 
-def test_extract_many_restores_order_and_matches(tiny_backbone: Backbone) -> None:
-    batch = _mixed_batch(tiny_backbone.tokenizer) * 3
-    many = extract_many(tiny_backbone, batch, max_batch_tokens=300, max_batch_size=4)
+@pytest.mark.parametrize("backbone_name", ["tiny_backbone", "tiny_padded_backbone"])
+def test_extract_many_restores_order_and_matches(request: pytest.FixtureRequest, backbone_name: str) -> None:
+    backbone: Backbone = request.getfixturevalue(backbone_name)
+    batch = _mixed_batch(backbone.tokenizer) * 3
+    many = extract_many(backbone, batch, max_batch_tokens=300, max_batch_size=4, share_prompts=False)
     for i, e in enumerate(batch):
-        alone = extract(tiny_backbone, [e])
+        alone = extract(backbone, [e])
         assert _close(alone.response[0], many.response[i])
         assert _close(alone.prompt[0], many.prompt[i])
 
@@ -149,9 +151,14 @@ def test_prompt_feature_depends_on_prompt_only(tiny_backbone: Backbone) -> None:
     assert not _close(a.response[0], b.response[0])
 
 
-@pytest.mark.parametrize("backbone_name", ["tiny_backbone", "embedded_backbone"])
-def test_shared_prompt_path_equals_full_passes(request: pytest.FixtureRequest, backbone_name: str) -> None:
+@pytest.mark.parametrize(
+    ("backbone_name", "passes"),
+    # packed: everything in one unpadded pass; padded: one pass for the three prompts, one for the nine responses
+    [("tiny_backbone", 1), ("embedded_backbone", 1), ("tiny_padded_backbone", 2)],
+)
+def test_shared_prompt_path_equals_full_passes(request: pytest.FixtureRequest, backbone_name: str, passes: int) -> None:
     backbone: Backbone = request.getfixturevalue(backbone_name)
+    assert backbone.packed == (backbone_name != "tiny_padded_backbone")
     tok = backbone.tokenizer
     responses = ["Paris.", "It is Paris, the largest city of France. " * 3, "Lyon? No: Paris.", "Paris!"]
     other = encode(tok, [SYSTEM, USER], "Paris.", max_length=512)
@@ -172,7 +179,7 @@ def test_shared_prompt_path_equals_full_passes(request: pytest.FixtureRequest, b
         packed = extract_many(backbone, batch, max_batch_tokens=4096, max_padding=float("inf"))
     finally:
         hook.remove()
-    assert calls == 2  # one pass for the three prompts, one for all nine responses (padding allowed)
+    assert calls == passes
     small = extract_many(backbone, batch, max_batch_tokens=120, max_batch_size=2)  # several chunks per prompt
     capped = extract_many(backbone, batch)  # the default padding cap splits the passes further
     plain = extract_many(backbone, batch, share_prompts=False)

@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, 
 
 from armo.model_store.errors import ArtifactError
 from armo.model_store.manifest import BackboneRef, fsync_path, sha256_file
+from armo.model_store.packing import enable
 from armo.model_store.quant import calibrate, calibration_batches, quantize_linears
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class Backbone:
     revision: str
     template_hash: str
     hidden_size: int
+    # Attention routed through armo.model_store.packing: sequences run packed, unpadded, in one row per pass.
+    packed: bool = False
 
     @property
     def device(self) -> torch.device:
@@ -161,8 +164,13 @@ def load_backbone(
     dtype: str = "float32",
     attn_implementation: str = "sdpa",
     quantize: Quantize = "none",
+    packed: bool = True,
 ) -> Backbone:
-    """Load `spec`: "embedded" / EMBEDDED_ID, a local directory, or a hub id (needs network)."""
+    """Load `spec`: "embedded" / EMBEDDED_ID, a local directory, or a hub id (needs network).
+
+    `packed` (default) runs sequences packed and unpadded (armo.model_store.packing) when the model's attention
+    allows it; False keeps padded batches and the key/value-cache prompt sharing (the pre-packing path).
+    """
     torch_dtype = _DTYPES[dtype]
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "attn_implementation": attn_implementation}
     started = time.perf_counter()
@@ -182,11 +190,18 @@ def load_backbone(
         revision = str(getattr(config, "_commit_hash", None) or "unknown")
         tokenizer = AutoTokenizer.from_pretrained(spec)
         model = _finish(AutoModel.from_pretrained(spec, **kwargs), tokenizer, device, quantize)
-        return Backbone(model, tokenizer, spec, revision, template_hash(tokenizer), int(model.config.hidden_size))
+        return _backbone(model, tokenizer, spec, revision, packed)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model = _finish(AutoModel.from_pretrained(directory, **kwargs), tokenizer, device, quantize)
     log.info("backbone %s loaded in %.2f s", ident, time.perf_counter() - started)
-    return Backbone(model, tokenizer, ident, revision, template_hash(tokenizer), int(model.config.hidden_size))
+    return _backbone(model, tokenizer, ident, revision, packed)
+
+
+def _backbone(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ident: str, revision: str, packed: bool
+) -> Backbone:
+    hidden = int(model.config.hidden_size)
+    return Backbone(model, tokenizer, ident, revision, template_hash(tokenizer), hidden, packed and enable(model))
 
 
 def backbone_ref(backbone: Backbone, max_length: int = 2048) -> BackboneRef:

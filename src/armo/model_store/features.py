@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from armo.model_store import packing
 from armo.model_store.backbone import Backbone
 from armo.model_store.errors import InputError, InputTooLongError
 
@@ -298,6 +299,40 @@ def extract_prefixed(
     return Features(response=response, prompt=prompt[owner])
 
 
+@torch.inference_mode()
+def extract_packed(
+    backbone: Backbone, groups: Sequence[PrefixGroup], *, max_batch_tokens: int = 1024, max_batch_size: int = 64
+) -> Features:
+    """Packed passes (`armo.model_store.packing`; the backbone must have `packed` set): each group's prompt runs
+    once, its responses continue it in the same row, and nothing is padded. A group without suffixes is one whole
+    sequence. Rows: each group's responses in order (one row for a group without suffixes).
+
+    Exact up to float reordering: every segment attends to exactly the keys its own full sequence has.
+    """
+    units = [packing.Unit(g.prompt_ids, g.suffixes) for g in groups]
+    response = torch.empty((sum(max(1, len(g.suffixes)) for g in groups), backbone.hidden_size))
+    prompt = torch.empty_like(response)
+    first = 0
+    for idx in packing.passes(units, max_batch_tokens, max_batch_size):
+        hidden, placed = packing.forward(backbone.model, [units[i] for i in idx])
+        last = [k for u in placed for k in u.last()]
+        boundary = [u.start + groups[i].prompt_index for i, u in zip(idx, placed, strict=True) for _ in u.last()]
+        rows = slice(first, first + len(last))
+        response[rows] = hidden[last].float().cpu()
+        prompt[rows] = hidden[boundary].float().cpu()
+        first += len(last)
+    return Features(response=response, prompt=prompt)
+
+
+def extract_groups(
+    backbone: Backbone, groups: Sequence[PrefixGroup], *, max_batch_tokens: int, max_batch_size: int
+) -> Features:
+    """Responses to shared prompts, packed where the backbone allows it, else on a key/value cache."""
+    if backbone.packed:
+        return extract_packed(backbone, groups, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size)
+    return extract_prefixed(backbone, groups, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size)
+
+
 def extract_many(
     backbone: Backbone,
     encoded: Sequence[Encoded],
@@ -307,17 +342,19 @@ def extract_many(
     padding_side: PaddingSide = "right",
     share_prompts: bool = True,
     max_padding: float = MAX_PADDING,
-    on_batch: Callable[[int], None] | None = None,
 ) -> Features:
     """Features for any list of sequences, returned in input order.
 
-    Responses that share a prompt (and were not truncated) reuse one prompt pass (`extract_prefixed`, several
-    prompts per pass under the budget); the rest run in length-sorted batches under a padded-token budget and a
-    padding cap (`max_padding`), so little compute goes to padding.
+    Responses that share a prompt (and were not truncated) reuse one prompt computation. A packed backbone runs
+    everything in unpadded packed passes of `max_batch_tokens` real tokens (`extract_packed`). Otherwise shared
+    prompts go through `extract_prefixed` (several prompts per pass, responses on their key/value cache) and the
+    rest run in length-sorted padded batches under the token budget and a padding cap (`max_padding`).
     """
     response = torch.empty((len(encoded), backbone.hidden_size))
     prompt = torch.empty((len(encoded), backbone.hidden_size))
     singles = list(range(len(encoded)))
+    groups: list[SharedPrompt] = []
+    shared: list[list[int]] = []
     if share_prompts:
         by_prefix: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i, e in enumerate(encoded):
@@ -334,24 +371,28 @@ def extract_many(
             )
             for idx in shared
         ]
-        # prompts sorted by length and packed so each padded prompt pass fits the budget
-        for pack in _chunks([len(g.prompt_ids) for g in groups], max_batch_tokens, max_batch_size, max_padding):
-            feats = extract_prefixed(
-                backbone,
-                [groups[g] for g in pack],
-                max_batch_tokens=max_batch_tokens,
-                max_batch_size=max_batch_size,
-                max_padding=max_padding,
-            )
-            rows = [i for g in pack for i in shared[g]]
-            response[rows], prompt[rows] = feats.response, feats.prompt
-            if on_batch is not None:
-                on_batch(len(rows))
+    if backbone.packed:
+        whole = [SharedPrompt(encoded[i].input_ids, encoded[i].prompt_index, ()) for i in singles]
+        feats = extract_packed(
+            backbone, groups + whole, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size
+        )
+        rows = [i for idx in shared for i in idx] + singles
+        response[rows], prompt[rows] = feats.response, feats.prompt
+        return Features(response=response, prompt=prompt)
+    # prompts sorted by length and packed so each padded prompt pass fits the budget
+    for pack in _chunks([len(g.prompt_ids) for g in groups], max_batch_tokens, max_batch_size, max_padding):
+        feats = extract_prefixed(
+            backbone,
+            [groups[g] for g in pack],
+            max_batch_tokens=max_batch_tokens,
+            max_batch_size=max_batch_size,
+            max_padding=max_padding,
+        )
+        rows = [i for g in pack for i in shared[g]]
+        response[rows], prompt[rows] = feats.response, feats.prompt
     for chunk in _chunks([encoded[i].length for i in singles], max_batch_tokens, max_batch_size, max_padding):
         idx = [singles[k] for k in chunk]
         feats = extract(backbone, [encoded[k] for k in idx], padding_side)
         response[idx] = feats.response.cpu()
         prompt[idx] = feats.prompt.cpu()
-        if on_batch is not None:
-            on_batch(len(idx))
     return Features(response=response, prompt=prompt)

@@ -96,6 +96,7 @@ class Reloader:
             device=self.settings.device,
             dtype=self.settings.dtype,
             quantize=self.settings.quantize,
+            packed=self.settings.packed,
         )
         if override is None and backbone.revision != ref.revision:
             raise ArtifactError(

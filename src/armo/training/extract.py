@@ -33,7 +33,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from armo.model_store.backbone import Backbone
-from armo.model_store.features import Message, encode, encode_prompt, extract_prefixed
+from armo.model_store.features import Message, encode, encode_prompt, extract_groups
 from armo.model_store.reward_model import ScoreItem
 
 log = logging.getLogger(__name__)
@@ -124,10 +124,10 @@ def encode_group(
 
 
 def forward_groups(backbone: Backbone, groups: Sequence[EncodedGroup]) -> tuple[Tensor, Tensor]:
-    """Prompt once per group (KV cache), then every response on its prompt's cache, all in one response pass (the
-    caller's batches are already sized). -> (prompt [N,d], response [N,d])"""
+    """Prompt once per group, then every response after it: one packed pass, or a prompt pass and one response pass
+    on its key/value cache (the caller's batches are already sized). -> (prompt [N,d], response [N,d])"""
     everything = 1 << 62
-    feats = extract_prefixed(backbone, groups, max_batch_tokens=everything, max_batch_size=everything)
+    feats = extract_groups(backbone, groups, max_batch_tokens=everything, max_batch_size=everything)
     return feats.prompt, feats.response
 
 
@@ -170,15 +170,20 @@ def _save_atomic(path: Path, tensors: dict[str, Tensor]) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _batches(encoded: list[EncodedGroup], max_batch_tokens: int) -> list[list[int]]:
+def _batches(encoded: list[EncodedGroup], max_batch_tokens: int, packed: bool) -> list[list[int]]:
+    """Groups sorted by length, cut so each forward pass costs at most `max_batch_tokens`: real tokens on a packed
+    backbone, padded prompt + padded response rows otherwise."""
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].prompt_ids) + max(map(len, encoded[i].suffixes)))
     batches: list[list[int]] = []
     cur: list[int] = []
     for i in order:
         cand = [*cur, i]
-        lp = max(len(encoded[j].prompt_ids) for j in cand)
-        lr = max(len(s) for j in cand for s in encoded[j].suffixes)
-        cost = len(cand) * lp + sum(len(encoded[j].suffixes) for j in cand) * (lp + lr)
+        if packed:
+            cost = sum(len(encoded[j].prompt_ids) + sum(map(len, encoded[j].suffixes)) for j in cand)
+        else:
+            lp = max(len(encoded[j].prompt_ids) for j in cand)
+            lr = max(len(s) for j in cand for s in encoded[j].suffixes)
+            cost = len(cand) * lp + sum(len(encoded[j].suffixes) for j in cand) * (lp + lr)
         if cur and cost > max_batch_tokens:
             batches.append(cur)
             cur = [i]
@@ -244,7 +249,7 @@ def run_extraction(
             starts = [0]
             for e in encoded:
                 starts.append(starts[-1] + len(e.suffixes))
-            for batch in _batches(encoded, cfg.max_batch_tokens):
+            for batch in _batches(encoded, cfg.max_batch_tokens, backbone.packed):
                 p, r = forward_groups(backbone, [encoded[b] for b in batch])
                 rows = [j for b in batch for j in range(starts[b], starts[b + 1])]
                 prompt[rows], response[rows] = p, r

@@ -1,0 +1,170 @@
+"""Packed forward passes: many sequences in one row, no padding, attention computed segment by segment.
+
+A pass concatenates *units* into one row of tokens. A unit is a root segment (a prompt, or a whole unshared
+sequence) followed by zero or more child segments (the responses to that prompt). Attention is a tree of depth
+two: the root attends causally to itself; each child attends to the whole root and causally to itself, never to
+its siblings or to other units. Position ids restart at the root's length for every child, so each child sees
+exactly the positions and keys it would see at the end of its own full sequence.
+
+Why: on this CPU padding costs full compute, and a padded pair batch spent more on padding (and on masked attention
+over a cached prompt) than sharing the prompt saved (docs/BENCHMARKS.md, lessons 10 and 12). Packed, the Linear
+layers — ~90 % of the FLOPs — run on real tokens only, in passes as large as the budget, and the prompt runs once.
+
+The Linear layers see one [1, N, d] row, so nothing but attention changes. Attention goes through transformers'
+`AttentionInterface`: `enable` switches a model to `segment_attention`, which runs one scaled-dot-product call per
+segment when a pass carries a plan and is plain SDPA otherwise (padded batches still work on the same model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn.functional import scaled_dot_product_attention
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+ATTENTION = "armo_segments"
+PLAN_KWARG = "armo_plan"  # the model forward passes unknown keyword arguments down to the attention function
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A root (prompt or whole sequence) and the children that continue it."""
+
+    root: Sequence[int]
+    children: Sequence[Sequence[int]] = ()
+
+    @property
+    def tokens(self) -> int:
+        return len(self.root) + sum(len(c) for c in self.children)
+
+
+@dataclass(frozen=True)
+class Child:
+    start: int
+    length: int
+    mask: Tensor  # [length, root + length] bool: the whole root, then causal over the child itself
+
+
+@dataclass(frozen=True)
+class Placed:
+    """Where a unit's segments sit in the packed row."""
+
+    start: int
+    root: int  # root length
+    children: tuple[Child, ...]
+
+    def last(self) -> list[int]:
+        """Row positions whose hidden state is the unit's output: each child's last token, or the root's."""
+        if not self.children:
+            return [self.start + self.root - 1]
+        return [c.start + c.length - 1 for c in self.children]
+
+
+def _child_mask(root: int, length: int) -> Tensor:
+    mask = torch.ones((length, root + length), dtype=torch.bool)
+    mask[:, root:] = torch.ones((length, length), dtype=torch.bool).tril()
+    return mask
+
+
+def plan(units: Sequence[Unit]) -> tuple[list[int], list[int], list[Placed]]:
+    """(token ids, position ids, placement) of one packed row."""
+    ids: list[int] = []
+    positions: list[int] = []
+    placed: list[Placed] = []
+    for u in units:
+        start, p = len(ids), len(u.root)
+        ids += u.root
+        positions += range(p)
+        children = []
+        for c in u.children:
+            children.append(Child(len(ids), len(c), _child_mask(p, len(c))))
+            ids += c
+            positions += range(p, p + len(c))
+        placed.append(Placed(start, p, tuple(children)))
+    return ids, positions, placed
+
+
+def segment_attention(
+    module: torch.nn.Module,
+    query: Tensor,  # [1, H, N, D]
+    key: Tensor,  # [1, H_kv, N, D]
+    value: Tensor,  # [1, H_kv, N, D]
+    attention_mask: Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
+    placed: Sequence[Placed] | None = kwargs.pop(PLAN_KWARG, None)
+    if placed is None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:  # grouped-query attention: one copy of the keys per pass is cheaper than per segment
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    out = torch.empty_like(query)
+    for u in placed:
+        r = slice(u.start, u.start + u.root)
+        q, k, v = query[:, :, r], key[:, :, r], value[:, :, r]
+        out[:, :, r] = scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling)
+        for c in u.children:
+            s = slice(c.start, c.start + c.length)
+            k = torch.cat([key[:, :, r], key[:, :, s]], dim=2)
+            v = torch.cat([value[:, :, r], value[:, :, s]], dim=2)
+            out[:, :, s] = scaled_dot_product_attention(query[:, :, s], k, v, attn_mask=c.mask, scale=scaling)
+    return out.transpose(1, 2), None  # [1, N, H, D], as the attention modules expect
+
+
+AttentionInterface.register(ATTENTION, segment_attention)
+AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # padded (unplanned) passes get SDPA's masks
+
+
+def enable(model: PreTrainedModel) -> bool:
+    """Route the model's attention through `segment_attention`. False (model unchanged) when the model uses another
+    attention than SDPA (e.g. flash attention chosen on a GPU) or does not dispatch through AttentionInterface."""
+    if model.config._attn_implementation != "sdpa":
+        return False
+    try:
+        model.set_attn_implementation(ATTENTION)
+    except (ValueError, ImportError):
+        return False
+    return bool(model.config._attn_implementation == ATTENTION)
+
+
+def forward(model: PreTrainedModel, units: Sequence[Unit]) -> tuple[Tensor, list[Placed]]:
+    """One packed pass (the model must be `enable`d). -> (last hidden state [N, d], placement)."""
+    ids, positions, placed = plan(units)
+    device = next(model.parameters()).device
+    hidden = model(
+        input_ids=torch.tensor([ids], device=device),
+        position_ids=torch.tensor([positions], device=device),
+        use_cache=False,
+        **{PLAN_KWARG: placed},
+    ).last_hidden_state[0]
+    return hidden, placed
+
+
+def passes(units: Sequence[Unit], max_tokens: int, max_rows: int) -> list[list[int]]:
+    """Consecutive units cut into passes of at most `max_tokens` real tokens and `max_rows` outputs. A unit is
+    never split (its prompt would run twice), so one prompt with many responses may make a pass on its own that
+    is larger than the budget; memory grows linearly with a pass, as attention never spans more than one unit."""
+    out: list[list[int]] = []
+    cur: list[int] = []
+    tokens = rows = 0
+    for i, u in enumerate(units):
+        t, r = u.tokens, max(1, len(u.children))
+        if cur and (tokens + t > max_tokens or rows + r > max_rows):
+            out.append(cur)
+            cur, tokens, rows = [], 0, 0
+        cur.append(i)
+        tokens, rows = tokens + t, rows + r
+    if cur:
+        out.append(cur)
+    return out

@@ -1,0 +1,83 @@
+"""Packed passes: the row layout, the tree-shaped attention, and that nothing leaks between segments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from armo.model_store import packing
+from armo.model_store.backbone import Backbone, load_backbone
+from armo.model_store.features import SharedPrompt, encode, extract, extract_packed
+
+USER = {"role": "user", "content": "What is the capital of France?"}
+
+
+def test_plan_lays_out_positions_and_tree_masks_by_hand() -> None:
+    ids, positions, placed = packing.plan([packing.Unit([1, 2, 3], [[4, 5], [6]]), packing.Unit([7, 8])])
+    assert ids == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert positions == [0, 1, 2, 3, 4, 3, 0, 1]  # every child continues at the root's length
+    first, second = placed
+    assert (first.start, first.root, second.start, second.root) == (0, 3, 6, 2)
+    assert [(c.start, c.length) for c in first.children] == [(3, 2), (5, 1)]
+    # child [4, 5]: sees the whole root (3 keys), then itself causally
+    assert first.children[0].mask.tolist() == [[True, True, True, True, False], [True, True, True, True, True]]
+    assert first.children[1].mask.tolist() == [[True, True, True, True]]
+    assert first.last() == [4, 5] and second.last() == [7]
+
+
+def test_passes_respect_budget_and_rows_but_never_split_a_unit() -> None:
+    units = [packing.Unit([0] * 10, [[0] * 5] * 2), packing.Unit([0] * 30), packing.Unit([0] * 50, [[0] * 40] * 4)]
+    assert [u.tokens for u in units] == [20, 30, 210]
+    assert packing.passes(units, max_tokens=64, max_rows=64) == [[0, 1], [2]]  # 210 > 64 runs alone
+    assert packing.passes(units, max_tokens=1000, max_rows=64) == [[0, 1, 2]]
+    assert packing.passes(units, max_tokens=1000, max_rows=3) == [[0, 1], [2]]  # rows: 2 + 1, then 4
+
+
+def _group(backbone: Backbone, responses: list[str]) -> tuple[SharedPrompt, list]:  # type: ignore[type-arg]
+    enc = [encode(backbone.tokenizer, [USER], r, max_length=512) for r in responses]
+    p = enc[0].prefix_length
+    return SharedPrompt(enc[0].input_ids[:p], enc[0].prompt_index, tuple(e.input_ids[p:] for e in enc)), enc
+
+
+def test_children_never_see_their_siblings_or_other_units(tiny_backbone: Backbone) -> None:
+    with_b, enc = _group(tiny_backbone, ["Paris.", "Lyon, I think, but I am not sure at all."])
+    with_c, _ = _group(tiny_backbone, ["Paris.", "Marseille"])
+    other, _ = _group(tiny_backbone, ["Bordeaux, obviously.", "Nice"])
+    a = extract_packed(tiny_backbone, [with_b, other])
+    b = extract_packed(tiny_backbone, [other, with_c])
+    # "Paris." is row 0 in the first pass and row 2 in the second: same keys seen, same feature
+    assert torch.allclose(a.response[0], b.response[2], atol=1e-6)
+    assert torch.allclose(a.prompt[0], b.prompt[2], atol=1e-6)
+    assert not torch.allclose(a.response[0], a.response[1], atol=1e-3)  # rows differ: not vacuous
+    alone = extract(tiny_backbone, [enc[1]])
+    assert torch.allclose(a.response[1], alone.response[0], atol=1e-5)
+
+
+def test_a_backbone_with_eager_attention_is_not_packed(tiny_backbone_dir: Path) -> None:
+    backbone = load_backbone(str(tiny_backbone_dir), attn_implementation="eager")
+    assert not backbone.packed
+    assert backbone.model.config._attn_implementation == "eager"
+
+
+def test_segment_attention_without_a_plan_is_plain_sdpa(tiny_backbone: Backbone) -> None:
+    assert tiny_backbone.packed and tiny_backbone.model.config._attn_implementation == packing.ATTENTION
+    q, k, v = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)
+    module = tiny_backbone.model.layers[0].self_attn
+    out, _ = packing.segment_attention(module, q, k, v, None, scaling=0.3)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1), is_causal=True, scale=0.3
+    )
+    assert torch.allclose(out, ref.transpose(1, 2), atol=1e-6)
+
+
+@pytest.mark.parametrize("budget", [16, 4096])
+def test_packed_unshared_sequences_match_single_passes(tiny_backbone: Backbone, budget: int) -> None:
+    enc = [encode(tiny_backbone.tokenizer, [USER], r, max_length=512) for r in ("Paris.", "It is Paris. " * 5, "Lyon")]
+    wholes = [SharedPrompt(e.input_ids, e.prompt_index, ()) for e in enc]
+    packed = extract_packed(tiny_backbone, wholes, max_batch_tokens=budget)
+    for i, e in enumerate(enc):
+        alone = extract(tiny_backbone, [e])
+        assert torch.allclose(packed.response[i], alone.response[0], atol=1e-5)
+        assert torch.allclose(packed.prompt[i], alone.prompt[0], atol=1e-5)

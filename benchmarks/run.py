@@ -128,10 +128,12 @@ def cpu_model() -> str:
 
 
 def flops_per_token(backbone: Backbone, context: float) -> float:
-    """2 × non-embedding parameters (no LM head is run) + attention scores/values at the mean causal context."""
+    """2 × non-embedding parameters (no LM head is run) + attention at the mean causal context: per layer,
+    2·d·context for the scores (q·k) and 2·d·context for the weighted sum of values (as Chinchilla counts them;
+    sessions 1–4 counted only one of the two, a ceiling ~2 % higher)."""
     cfg = backbone.model.config
     params = sum(p.numel() for n, p in backbone.model.named_parameters() if "embed_tokens" not in n)
-    return 2 * params + 2 * cfg.num_hidden_layers * cfg.hidden_size * context
+    return 2 * params + 4 * cfg.num_hidden_layers * cfg.hidden_size * context
 
 
 def timed(fn: Callable[[], Any], repeat: int = 1, warm: bool = True) -> tuple[float, Any]:

@@ -15,15 +15,18 @@ USER = {"role": "user", "content": "What is the capital of France?"}
 
 
 def test_plan_lays_out_positions_and_tree_masks_by_hand() -> None:
-    ids, positions, placed = packing.plan([packing.Unit([1, 2, 3], [[4, 5], [6]]), packing.Unit([7, 8])])
-    assert ids == [1, 2, 3, 4, 5, 6, 7, 8]
-    assert positions == [0, 1, 2, 3, 4, 3, 0, 1]  # every child continues at the root's length
-    first, second = placed
-    assert (first.start, first.root, second.start, second.root) == (0, 3, 6, 2)
+    units = [packing.Unit([1, 2, 3], [[4, 5], [6]]), packing.Unit([7, 8]), packing.Unit([9], [[10, 11]])]
+    ids, positions, placed = packing.plan(units)
+    assert ids == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert positions == [0, 1, 2, 3, 4, 3, 0, 1, 0, 1, 2]  # every child continues at the root's length
+    first, second, third = placed
+    assert (first.start, first.root, second.start, second.root, third.start) == (0, 3, 6, 2, 8)
     assert [(c.start, c.length) for c in first.children] == [(3, 2), (5, 1)]
-    # child [4, 5]: sees the whole root (3 keys), then itself causally
-    assert first.children[0].mask.tolist() == [[True, True, True, True, False], [True, True, True, True, True]]
-    assert first.children[1].mask.tolist() == [[True, True, True, True]]
+    # child [4, 5]: sees the whole root (3 keys), then itself causally (additive mask: 0 visible, -inf hidden)
+    visible = [(c.mask == 0).tolist() for c in first.children if c.mask is not None]
+    assert visible == [[[True, True, True, True, False], [True, True, True, True, True]], [[True, True, True, True]]]
+    assert first.children[0].mask is not None and first.children[0].mask[0, 4] == float("-inf")
+    assert third.children[0].mask is None  # longer than its root: the causal kernel over root + child instead
     assert first.last() == [4, 5] and second.last() == [7]
 
 
@@ -42,7 +45,9 @@ def _group(backbone: Backbone, responses: list[str]) -> tuple[SharedPrompt, list
 
 
 def test_children_never_see_their_siblings_or_other_units(tiny_backbone: Backbone) -> None:
-    with_b, enc = _group(tiny_backbone, ["Paris.", "Lyon, I think, but I am not sure at all."])
+    # children shorter and longer than the prompt: both attention forms (mask, causal over root + child)
+    with_b, enc = _group(tiny_backbone, ["Paris.", "Lyon, I think, but I am not sure at all. " * 3])
+    assert len(with_b.suffixes[0]) < len(with_b.prompt_ids) < len(with_b.suffixes[1])
     with_c, _ = _group(tiny_backbone, ["Paris.", "Marseille"])
     other, _ = _group(tiny_backbone, ["Bordeaux, obviously.", "Nice"])
     a = extract_packed(tiny_backbone, [with_b, other])

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from armo.model_store.backbone import Backbone
@@ -213,3 +214,16 @@ async def test_a_version_that_cannot_score_fails_the_smoke_test(
         r = await client.post("/v1/models/reload", json={"version": "v2"}, headers=ADMIN)
         assert r.status_code == 409 and "smoke test" in r.json()["error"]["message"]
         assert (await client.get("/ready")).json()["version"] == "v1"
+
+
+async def test_packed_setting_reaches_the_backbone_and_both_paths_agree(tiny_store: ModelStore) -> None:
+    items = [item(response="Paris."), item(response="It is Paris, the capital, on the Seine.")]
+    scores = {}
+    for packed in (True, False):
+        async with serve(make_settings(tiny_store, packed=packed), loader=CountingLoader()) as (app, client):
+            assert current_rm(app).backbone.packed is packed
+            r = await client.post("/v1/score", json={"items": items}, headers=AUTH)
+            assert r.status_code == 200
+            scores[packed] = [x["score"] for x in r.json()["results"]]
+    assert scores[True] == pytest.approx(scores[False], abs=1e-5)
+    assert scores[True][0] != pytest.approx(scores[True][1], abs=1e-3)  # the two responses differ: not vacuous

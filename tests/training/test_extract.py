@@ -10,7 +10,7 @@ import torch
 
 from armo.model_store.backbone import Backbone
 from armo.model_store.features import encode, extract
-from armo.training.extract import ExtractConfig, Item, encode_group, forward_groups, run_extraction
+from armo.training.extract import ExtractConfig, Item, _batches, encode_group, forward_groups, run_extraction
 
 CONVS = [
     [{"role": "user", "content": "Hi there, how are you?"}],
@@ -25,18 +25,27 @@ CONVS = [
 RESPONSES = [["Fine, thanks.", "I am well, and you? " * 3], ["Arithmetic.", "Because 2 and 2 make 4."], ["Blue."]]
 
 
-def test_shared_prompt_equals_single_pass(tiny_backbone: Backbone) -> None:
+@pytest.mark.parametrize("backbone_name", ["tiny_backbone", "tiny_padded_backbone"])
+def test_shared_prompt_equals_single_pass(request: pytest.FixtureRequest, backbone_name: str) -> None:
+    backbone: Backbone = request.getfixturevalue(backbone_name)
     cfg = ExtractConfig(max_length=512)
-    groups = [encode_group(tiny_backbone, m, r, cfg) for m, r in zip(CONVS, RESPONSES, strict=True)]
-    prompt, response = forward_groups(tiny_backbone, groups)
+    groups = [encode_group(backbone, m, r, cfg) for m, r in zip(CONVS, RESPONSES, strict=True)]
+    prompt, response = forward_groups(backbone, groups)
     flat = [
-        encode(tiny_backbone.tokenizer, m, x, max_length=512)
-        for m, rs in zip(CONVS, RESPONSES, strict=True)
-        for x in rs
+        encode(backbone.tokenizer, m, x, max_length=512) for m, rs in zip(CONVS, RESPONSES, strict=True) for x in rs
     ]
-    ref = extract(tiny_backbone, flat)
+    ref = extract(backbone, flat)
     assert torch.allclose(prompt, ref.prompt, atol=1e-4)
     assert torch.allclose(response, ref.response, atol=1e-4)
+
+
+def test_batches_count_real_tokens_when_packed_and_padded_ones_otherwise(tiny_backbone: Backbone) -> None:
+    cfg = ExtractConfig(max_length=512)
+    groups = [encode_group(tiny_backbone, m, r, cfg) for m, r in zip(CONVS, RESPONSES, strict=True)]
+    real = [len(g.prompt_ids) + sum(map(len, g.suffixes)) for g in groups]
+    assert [sorted(b) for b in _batches(groups, sum(real), packed=True)] == [[0, 1, 2]]  # all fit in real tokens
+    padded = _batches(groups, sum(real), packed=False)  # padding to the longest prompt and response costs more
+    assert len(padded) > 1 and sorted(i for b in padded for i in b) == [0, 1, 2]
 
 
 def test_length_cap_keeps_boundary_and_end_of_turn(tiny_backbone: Backbone) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import MistralConfig, MistralModel
 
 from armo.model_store import packing
 from armo.model_store.backbone import Backbone, load_backbone
@@ -64,6 +65,22 @@ def test_a_backbone_with_eager_attention_is_not_packed(tiny_backbone_dir: Path) 
     backbone = load_backbone(str(tiny_backbone_dir), attn_implementation="eager")
     assert not backbone.packed
     assert backbone.model.config._attn_implementation == "eager"
+
+
+def test_a_sliding_window_model_is_not_packed(tmp_path: Path, tiny_backbone: Backbone) -> None:
+    config = MistralConfig(
+        vocab_size=len(tiny_backbone.tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=16,
+    )
+    MistralModel(config).save_pretrained(tmp_path)
+    tiny_backbone.tokenizer.save_pretrained(tmp_path)
+    backbone = load_backbone(str(tmp_path))
+    assert not backbone.packed and backbone.model.config._attn_implementation == "sdpa"
 
 
 def test_segment_attention_without_a_plan_is_plain_sdpa(tiny_backbone: Backbone) -> None:

@@ -140,8 +140,12 @@ AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # padded (unplanned) pass
 
 def enable(model: PreTrainedModel) -> bool:
     """Route the model's attention through `segment_attention`. False (model unchanged) when the model uses another
-    attention than SDPA (e.g. flash attention chosen on a GPU) or does not dispatch through AttentionInterface."""
-    if model.config._attn_implementation != "sdpa":
+    attention than SDPA (e.g. flash attention chosen on a GPU), does not dispatch through AttentionInterface, or
+    changes attention in ways the segments do not model (sliding windows, logit soft-capping: Mistral, Gemma 2)."""
+    cfg = model.config
+    if cfg._attn_implementation != "sdpa":
+        return False
+    if getattr(cfg, "sliding_window", None) or getattr(cfg, "attn_logit_softcapping", None):
         return False
     try:
         model.set_attn_implementation(ATTENTION)

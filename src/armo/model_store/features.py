@@ -315,8 +315,12 @@ def extract_packed(
     first = 0
     for idx in packing.passes(units, max_batch_tokens, max_batch_size):
         hidden, placed = packing.forward(backbone.model, [units[i] for i in idx])
-        last = [k for u in placed for k in u.last()]
-        boundary = [u.start + groups[i].prompt_index for i, u in zip(idx, placed, strict=True) for _ in u.last()]
+        last: list[int] = []
+        boundary: list[int] = []
+        for i, u in zip(idx, placed, strict=True):
+            ends = u.last()
+            last += ends
+            boundary += [u.start + groups[i].prompt_index] * len(ends)
         rows = slice(first, first + len(last))
         response[rows] = hidden[last].float().cpu()
         prompt[rows] = hidden[boundary].float().cpu()

@@ -10,7 +10,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from armo.model_store.backbone import Backbone
 from armo.model_store.errors import InputError, InputTooLongError
-from armo.model_store.features import _chunks, encode, extract, extract_many
+from armo.model_store.features import Features, _chunks, encode, extract, extract_many
 
 USER = {"role": "user", "content": "What is the capital of France?"}
 SYSTEM = {"role": "system", "content": "You answer in one sentence."}
@@ -119,15 +119,32 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool((a - b).abs().max() <= 1e-5 * max(1.0, float(a.abs().max())))
 
 
+def _same_row(a: Features, i: int, b: Features, j: int) -> bool:
+    """Row i of a and row j of b carry the same three features."""
+    return all(_close(getattr(a, f)[i], getattr(b, f)[j]) for f in ("response", "prompt", "response_mean"))
+
+
+@pytest.mark.parametrize("backbone_name", ["embedded_backbone", "tiny_padded_backbone"])
+def test_mean_feature_is_the_mean_over_the_response_span(request: pytest.FixtureRequest, backbone_name: str) -> None:
+    backbone: Backbone = request.getfixturevalue(backbone_name)
+    e = encode(backbone.tokenizer, THREE_TURNS, "Carrot, and a leek if you want two.", max_length=512)
+    with torch.inference_mode():
+        hidden = backbone.model(input_ids=torch.tensor([e.input_ids])).last_hidden_state[0]  # plain HF forward
+    span = hidden[e.prompt_index + 1 :]  # after the boundary, through the end-of-turn token
+    assert span.shape[0] == e.response_tokens
+    feats = extract(backbone, [e])
+    assert _close(feats.response_mean[0], span.mean(dim=0))
+    assert _close(feats.response[0], hidden[-1]) and not _close(feats.response_mean[0], hidden[-1])
+    assert _close(feats.pooled("mean")[0], span.mean(dim=0)) and _close(feats.pooled("last")[0], hidden[-1])
+
+
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_batch_invariance_embedded(embedded_backbone: Backbone, padding_side: str) -> None:
     batch = _mixed_batch(embedded_backbone.tokenizer)
     assert len({e.length for e in batch}) == 3
     together = extract(embedded_backbone, batch, padding_side)  # type: ignore[arg-type]
     for i, e in enumerate(batch):
-        alone = extract(embedded_backbone, [e])
-        assert _close(alone.response[0], together.response[i])
-        assert _close(alone.prompt[0], together.prompt[i])
+        assert _same_row(extract(embedded_backbone, [e]), 0, together, i)
     # and the features differ between rows (the test would pass vacuously otherwise)
     assert not _close(together.response[0], together.response[1])
 
@@ -138,9 +155,7 @@ def test_extract_many_restores_order_and_matches(request: pytest.FixtureRequest,
     batch = _mixed_batch(backbone.tokenizer) * 3
     many = extract_many(backbone, batch, max_batch_tokens=300, max_batch_size=4, share_prompts=False)
     for i, e in enumerate(batch):
-        alone = extract(backbone, [e])
-        assert _close(alone.response[0], many.response[i])
-        assert _close(alone.prompt[0], many.prompt[i])
+        assert _same_row(extract(backbone, [e]), 0, many, i)
 
 
 def test_prompt_feature_depends_on_prompt_only(tiny_backbone: Backbone) -> None:
@@ -186,7 +201,7 @@ def test_shared_prompt_path_equals_full_passes(request: pytest.FixtureRequest, b
     for i, e in enumerate(batch):
         alone = extract(backbone, [e])
         for feats in (packed, small, capped, plain):
-            assert _close(alone.response[0], feats.response[i]) and _close(alone.prompt[0], feats.prompt[i])
+            assert _same_row(alone, 0, feats, i)
 
 
 def test_truncated_sequences_are_not_shared(tiny_backbone: Backbone) -> None:
@@ -195,7 +210,7 @@ def test_truncated_sequences_are_not_shared(tiny_backbone: Backbone) -> None:
     a, b = (encode(tok, long, r, max_length=64) for r in ("short", "a longer answer than the first one"))
     assert a.truncated and b.truncated and a.prefix_length == b.prefix_length == 0
     feats = extract_many(tiny_backbone, [a, b])
-    assert _close(feats.response[1], extract(tiny_backbone, [b]).response[0])
+    assert _same_row(feats, 1, extract(tiny_backbone, [b]), 0)
 
 
 def test_chunks_respect_the_budget_and_the_padding_cap() -> None:

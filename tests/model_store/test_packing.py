@@ -54,11 +54,12 @@ def test_children_never_see_their_siblings_or_other_units(tiny_backbone: Backbon
     a = extract_packed(tiny_backbone, [with_b, other])
     b = extract_packed(tiny_backbone, [other, with_c])
     # "Paris." is row 0 in the first pass and row 2 in the second: same keys seen, same feature
-    assert torch.allclose(a.response[0], b.response[2], atol=1e-6)
-    assert torch.allclose(a.prompt[0], b.prompt[2], atol=1e-6)
+    for f in ("response", "prompt", "response_mean"):
+        assert torch.allclose(getattr(a, f)[0], getattr(b, f)[2], atol=1e-6)
     assert not torch.allclose(a.response[0], a.response[1], atol=1e-3)  # rows differ: not vacuous
     alone = extract(tiny_backbone, [enc[1]])
     assert torch.allclose(a.response[1], alone.response[0], atol=1e-5)
+    assert torch.allclose(a.response_mean[1], alone.response_mean[0], atol=1e-5)
 
 
 def test_a_backbone_with_eager_attention_is_not_packed(tiny_backbone_dir: Path) -> None:
@@ -101,5 +102,5 @@ def test_packed_unshared_sequences_match_single_passes(tiny_backbone: Backbone, 
     packed = extract_packed(tiny_backbone, wholes, max_batch_tokens=budget)
     for i, e in enumerate(enc):
         alone = extract(tiny_backbone, [e])
-        assert torch.allclose(packed.response[i], alone.response[0], atol=1e-5)
-        assert torch.allclose(packed.prompt[i], alone.prompt[0], atol=1e-5)
+        for f in ("response", "prompt", "response_mean"):
+            assert torch.allclose(getattr(packed, f)[i], getattr(alone, f)[0], atol=1e-5)

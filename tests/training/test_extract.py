@@ -30,13 +30,13 @@ def test_shared_prompt_equals_single_pass(request: pytest.FixtureRequest, backbo
     backbone: Backbone = request.getfixturevalue(backbone_name)
     cfg = ExtractConfig(max_length=512)
     groups = [encode_group(backbone, m, r, cfg) for m, r in zip(CONVS, RESPONSES, strict=True)]
-    prompt, response = forward_groups(backbone, groups)
+    feats = forward_groups(backbone, groups)
     flat = [
         encode(backbone.tokenizer, m, x, max_length=512) for m, rs in zip(CONVS, RESPONSES, strict=True) for x in rs
     ]
     ref = extract(backbone, flat)
-    assert torch.allclose(prompt, ref.prompt, atol=1e-4)
-    assert torch.allclose(response, ref.response, atol=1e-4)
+    for f in ("prompt", "response", "response_mean"):
+        assert torch.allclose(getattr(feats, f), getattr(ref, f), atol=1e-4)
 
 
 def test_batches_count_real_tokens_when_packed_and_padded_ones_otherwise(tiny_backbone: Backbone) -> None:
@@ -97,7 +97,10 @@ def test_resumes_after_interruption(tiny_backbone: Backbone, tmp_path: Path) -> 
     assert torch.allclose(table.prompt, fresh.prompt, atol=1e-5)
     # items come back in input order: compare with a direct single-pass extraction
     enc = [encode(tiny_backbone.tokenizer, it.messages, it.response, max_length=128) for it in items]
-    assert torch.allclose(table.response, extract(tiny_backbone, enc).response, atol=1e-4)
+    ref = extract(tiny_backbone, enc)
+    assert torch.allclose(table.response, ref.response, atol=1e-4)
+    assert torch.allclose(table.pooled("mean"), ref.response_mean, atol=1e-4)
+    assert torch.allclose(table.features(torch.arange(2, 5)).response_mean, ref.response_mean[2:5], atol=1e-4)
 
 
 def test_cache_key_changes_with_cap(tiny_backbone: Backbone, tmp_path: Path) -> None:

@@ -20,9 +20,12 @@ from armo.training.prepare import Dataset
 from armo.training.rewardbench import SECTIONS
 
 
-def test_pipeline_end_to_end(tiny_config: TrainConfig) -> None:
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_pipeline_end_to_end(tiny_config: TrainConfig, pooling: str) -> None:
+    tiny_config.pooling = pooling  # type: ignore[assignment]
     result = run(tiny_config, "e2e")
     m = result.manifest
+    assert m.pooling == pooling
     kinds = {o.kind for o in m.objectives}
     assert kinds == {"regression", "pairwise", "rule"}
     assert {"verbosity", "refusal", "repetition", "markdown", "code_parses"} <= set(m.objective_names)
@@ -206,3 +209,11 @@ def test_cross_fit_gives_the_gating_out_of_fold_probe_values(tiny_config: TrainC
         assert spec.metrics["train_accuracy"] >= 0.9
         out_of_fold.append(spec.metrics["cross_fit_accuracy"])
     assert len(out_of_fold) == 3 and np.mean(out_of_fold) <= 0.7  # chance is 0.5; a handful of pairs per probe
+
+
+def test_pooling_is_validated_in_the_config() -> None:
+    from armo.training.config import load_config
+
+    assert load_config(None, {"pooling": "mean"}).pooling == "mean"
+    with pytest.raises(ValueError, match="pooling must be one of last, mean"):
+        load_config(None, {"pooling": "max"})

@@ -4,6 +4,11 @@ The prompt boundary is measured from the chat template itself: the conversation 
 is a prefix of the one rendered with it, and the prompt feature is read at the last non-whitespace token of that
 prefix — the end-of-turn token of the last user turn (`<|eot_id|>` for Llama-3, `<|im_end|>` for ChatML).
 No token pattern is searched for, so there is no "pattern not found".
+
+Two response features come out of every pass (`Pooling`, chosen per artifact in its manifest): the hidden state at
+the response's end-of-turn token ("last", ArmoRM's choice for an 8B backbone) and the mean of the hidden states
+over the response span — every token after the prompt boundary through that end-of-turn token ("mean"; on the
+135M backbone it carries more preference signal, docs/RESULTS.md). The mean costs one small matmul per pass.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from armo.model_store import packing
 from armo.model_store.backbone import Backbone
 from armo.model_store.errors import InputError, InputTooLongError
+from armo.model_store.manifest import Pooling
 
 Message = Mapping[str, str]
 ROLES = ("system", "user", "assistant")
@@ -48,6 +54,11 @@ class Encoded:
 class Features:
     response: Tensor  # [B, d] hidden state at the last real token (end-of-turn after the response)
     prompt: Tensor  # [B, d] hidden state at the end-of-turn token of the last user turn
+    response_mean: Tensor  # [B, d] mean hidden state over the response span (after the boundary, through the end)
+
+    def pooled(self, pooling: Pooling) -> Tensor:
+        """The response feature an artifact's heads read."""
+        return self.response if pooling == "last" else self.response_mean
 
 
 def validate_conversation(messages: Sequence[Message], response: str) -> None:
@@ -186,7 +197,22 @@ def extract(backbone: Backbone, batch: Sequence[Encoded], padding_side: PaddingS
     )
     hidden = out.last_hidden_state.float()  # [B, T, d]
     rows = torch.arange(len(batch), device=device)
-    return Features(response=hidden[rows, last.to(device)], prompt=hidden[rows, boundary.to(device)])
+    t = torch.arange(width)
+    span = (t > boundary[:, None]) & (t <= last[:, None])  # [B, T] the response span of each row
+    return Features(
+        response=hidden[rows, last.to(device)],
+        prompt=hidden[rows, boundary.to(device)],
+        response_mean=_masked_mean(hidden, span.to(device)),
+    )
+
+
+def _masked_sum(hidden: Tensor, mask: Tensor) -> Tensor:
+    """[B, T, d], [B, T] 0/1 -> [B, d] sum of the masked positions (as one matmul, not a gather)."""
+    return torch.einsum("bt,btd->bd", mask.to(hidden.dtype), hidden)
+
+
+def _masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
+    return _masked_sum(hidden, mask) / mask.sum(dim=1, keepdim=True).clamp(min=1).to(hidden.dtype)
 
 
 # Padding a chunk may carry, as a share of its real tokens. Sorted neighbours can still differ a lot in length (a
@@ -267,13 +293,18 @@ def extract_prefixed(
         position_ids=torch.arange(lp).expand(len(groups), lp).to(device),
         use_cache=True,
     )
-    boundary = torch.tensor([g.prompt_index for g in groups], device=device)
-    prompt = out.last_hidden_state.float()[torch.arange(len(groups), device=device), boundary].cpu()  # [G, d]
+    boundary = torch.tensor([g.prompt_index for g in groups])
+    prompt_hidden = out.last_hidden_state.float()  # [G, lp, d]
+    prompt = prompt_hidden[torch.arange(len(groups), device=device), boundary.to(device)].cpu()  # [G, d]
+    # The prompt's tail after the boundary (the template's trailing whitespace) opens every response's span.
+    tail = (torch.arange(lp) > boundary[:, None]) & mask.bool()  # [G, lp]
+    tail_sum, tail_n = _masked_sum(prompt_hidden, tail.to(device)).cpu(), tail.sum(dim=1)  # [G, d], [G]
 
     owner = torch.tensor([i for i, g in enumerate(groups) for _ in g.suffixes])  # [N] group of each response
     suffixes = [s for g in groups for s in g.suffixes]
     prompt_len = mask.sum(dim=1)  # [G]
     response = torch.empty((len(suffixes), backbone.hidden_size))
+    response_mean = torch.empty_like(response)
     chunks = _chunks([len(s) for s in suffixes], max_batch_tokens, max_batch_size, max_padding)
     for n, idx in enumerate(chunks):
         width = max(len(suffixes[k]) for k in idx)
@@ -296,7 +327,9 @@ def extract_prefixed(
         ).last_hidden_state.float()  # [n, width, d]
         last = torch.tensor([len(suffixes[k]) - 1 for k in idx], device=device)
         response[idx] = hidden[torch.arange(len(idx), device=device), last].cpu()
-    return Features(response=response, prompt=prompt[owner])
+        total = _masked_sum(hidden, rmask.to(device)).cpu() + tail_sum[own]
+        response_mean[idx] = total / (rmask.sum(dim=1) + tail_n[own])[:, None].to(total.dtype)
+    return Features(response=response, prompt=prompt[owner], response_mean=response_mean)
 
 
 @torch.inference_mode()
@@ -312,20 +345,30 @@ def extract_packed(
     units = [packing.Unit(g.prompt_ids, g.suffixes) for g in groups]
     response = torch.empty((sum(max(1, len(g.suffixes)) for g in groups), backbone.hidden_size))
     prompt = torch.empty_like(response)
+    response_mean = torch.empty_like(response)
     first = 0
     for idx in packing.passes(units, max_batch_tokens, max_batch_size):
         hidden, placed = packing.forward(backbone.model, [units[i] for i in idx])
+        hidden = hidden.float()  # [N, d]
         last: list[int] = []
         boundary: list[int] = []
+        spans: list[tuple[range, ...]] = []
         for i, u in zip(idx, placed, strict=True):
             ends = u.last()
             last += ends
             boundary += [u.start + groups[i].prompt_index] * len(ends)
+            spans += u.spans(groups[i].prompt_index)
         rows = slice(first, first + len(last))
-        response[rows] = hidden[last].float().cpu()
-        prompt[rows] = hidden[boundary].float().cpu()
+        response[rows] = hidden[last].cpu()
+        prompt[rows] = hidden[boundary].cpu()
+        pool = torch.zeros((len(spans), hidden.shape[0]))  # [outputs, N]: 1/n over each output's span
+        for row, ranges in enumerate(spans):
+            n = sum(len(r) for r in ranges)
+            for r in ranges:
+                pool[row, r.start : r.stop] = 1.0 / n
+        response_mean[rows] = (pool.to(hidden.device) @ hidden).cpu()
         first += len(last)
-    return Features(response=response, prompt=prompt)
+    return Features(response=response, prompt=prompt, response_mean=response_mean)
 
 
 def extract_groups(
@@ -355,7 +398,8 @@ def extract_many(
     rest run in length-sorted padded batches under the token budget and a padding cap (`max_padding`).
     """
     response = torch.empty((len(encoded), backbone.hidden_size))
-    prompt = torch.empty((len(encoded), backbone.hidden_size))
+    prompt = torch.empty_like(response)
+    response_mean = torch.empty_like(response)
     singles = list(range(len(encoded)))
     groups: list[SharedPrompt] = []
     shared: list[list[int]] = []
@@ -381,8 +425,8 @@ def extract_many(
             backbone, groups + whole, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size
         )
         rows = [i for idx in shared for i in idx] + singles
-        response[rows], prompt[rows] = feats.response, feats.prompt
-        return Features(response=response, prompt=prompt)
+        response[rows], prompt[rows], response_mean[rows] = feats.response, feats.prompt, feats.response_mean
+        return Features(response=response, prompt=prompt, response_mean=response_mean)
     # prompts sorted by length and packed so each padded prompt pass fits the budget
     for pack in _chunks([len(g.prompt_ids) for g in groups], max_batch_tokens, max_batch_size, max_padding):
         feats = extract_prefixed(
@@ -393,10 +437,11 @@ def extract_many(
             max_padding=max_padding,
         )
         rows = [i for g in pack for i in shared[g]]
-        response[rows], prompt[rows] = feats.response, feats.prompt
+        response[rows], prompt[rows], response_mean[rows] = feats.response, feats.prompt, feats.response_mean
     for chunk in _chunks([encoded[i].length for i in singles], max_batch_tokens, max_batch_size, max_padding):
         idx = [singles[k] for k in chunk]
         feats = extract(backbone, [encoded[k] for k in idx], padding_side)
         response[idx] = feats.response.cpu()
         prompt[idx] = feats.prompt.cpu()
-    return Features(response=response, prompt=prompt)
+        response_mean[idx] = feats.response_mean.cpu()
+    return Features(response=response, prompt=prompt, response_mean=response_mean)

@@ -18,6 +18,7 @@ MANIFEST_FILE = "manifest.json"
 HEADS_FILE = "heads.safetensors"
 
 ObjectiveKind = Literal["regression", "pairwise", "rule"]
+Pooling = Literal["last", "mean"]  # the response feature the heads read (armo.model_store.features)
 
 
 class _Strict(BaseModel):
@@ -55,6 +56,8 @@ class Manifest(_Strict):
     code_version: str = Field(default_factory=lambda: __version__)
     backbone: BackboneRef
     objectives: tuple[Objective, ...]
+    # "last" for artifacts made before the field existed and for imported ArmoRM checkpoints.
+    pooling: Pooling = "last"
     gating: dict[str, Any] = Field(default_factory=lambda: GatingConfig().to_dict())
     verbosity_objective: str | None = None
     debias_lambda: dict[str, float] = Field(default_factory=dict)

@@ -69,6 +69,14 @@ class Placed:
             return [self.start + self.root - 1]
         return [c.start + c.length - 1 for c in self.children]
 
+    def spans(self, boundary: int) -> list[tuple[range, ...]]:
+        """Per output (as in `last`), the row positions of its tokens after root position `boundary`: the root's
+        tail (shared by every child) and the child itself, or the root's tail alone for a unit without children."""
+        tail = range(self.start + boundary + 1, self.start + self.root)
+        if not self.children:
+            return [(tail,)]
+        return [(tail, range(c.start, c.start + c.length)) for c in self.children]
+
 
 def _child_mask(root: int, length: int, dtype: torch.dtype = torch.float32) -> Tensor:
     # Additive, in the compute dtype: SDPA would convert a boolean mask in every layer (a measured 1.5 % of a pass).

@@ -181,7 +181,7 @@ class RewardModel:
     @torch.inference_mode()
     def forward_features(self, batch: Sequence[Prepared], feats: Features) -> Explanation:
         device = self.backbone.device
-        h, p = feats.response.to(device), feats.prompt.to(device)
+        h, p = feats.pooled(self.manifest.pooling).to(device), feats.prompt.to(device)
         rv = self.rule_values(batch)
         rv = rv.to(device) if rv is not None else None
         gating = self.head.gating(self.head.gating_input(p, h))

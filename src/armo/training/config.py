@@ -6,8 +6,9 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
+from armo.model_store.manifest import Pooling
 from armo.training.extract import ExtractConfig
 
 
@@ -161,6 +162,9 @@ class TrainConfig:
     store: str = "src/armo/bundled"
     alias: str = "current"
     backbone: str = "embedded"
+    # The response feature the heads read: "last" (end-of-turn token, ArmoRM; v0.1.0-v0.5.0) or "mean" (over the
+    # response span). Extraction caches both, so switching costs no new extraction.
+    pooling: Pooling = "last"
     cache_dir: str = "runs/features"
     out_dir: str = "runs/train"
     data: DataConfig = field(default_factory=DataConfig)
@@ -175,6 +179,10 @@ class TrainConfig:
     evaluate: bool = True
     fast_eval: bool = True
     plots: bool = True
+
+    def __post_init__(self) -> None:
+        if self.pooling not in get_args(Pooling):
+            raise ValueError(f"pooling must be one of {', '.join(get_args(Pooling))}, got {self.pooling!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

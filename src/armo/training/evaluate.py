@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from armo.model_store.backbone import Backbone
-from armo.model_store.features import Encoded, Features
+from armo.model_store.features import Encoded
 from armo.model_store.heads import ArmoHead
 from armo.model_store.manifest import Manifest
 from armo.model_store.reward_model import Prepared, RewardModel, ScoreItem
@@ -43,7 +43,7 @@ def score_items(
             )
             for i in idx
         ]
-        ex = rm.forward_features(batch, Features(response=table.response[idx], prompt=table.prompt[idx]))
+        ex = rm.forward_features(batch, table.features(idx))
         scores.append(ex.score)
         weights.append(ex.weights)
         debiased.append(ex.debiased)

@@ -33,7 +33,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from armo.model_store.backbone import Backbone
-from armo.model_store.features import Message, encode, encode_prompt, extract_groups
+from armo.model_store.features import Features, Message, encode, encode_prompt, extract_groups
+from armo.model_store.manifest import Pooling
 from armo.model_store.reward_model import ScoreItem
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,15 @@ class ExtractConfig:
     threads: int = 0  # torch threads; 0 = leave torch's default
 
 
+COLUMNS = ("response", "response_mean", "prompt", "response_tokens", "length", "truncated")  # in field order
+
+
 @dataclass
 class FeatureTable:
     """Features of a job's items, in item order."""
 
     response: Tensor  # [N, d] hidden state at the end-of-turn token after the response
+    response_mean: Tensor  # [N, d] mean hidden state over the response span
     prompt: Tensor  # [N, d] hidden state at the end-of-turn token of the last user turn
     response_tokens: Tensor  # [N] untruncated response length in backbone tokens (incl. end-of-turn)
     length: Tensor  # [N] tokens actually fed (after the cap)
@@ -70,10 +75,19 @@ class FeatureTable:
         return FeatureTable(*(t[idx] for t in self._tensors()))
 
     def _tensors(self) -> tuple[Tensor, ...]:
-        return (self.response, self.prompt, self.response_tokens, self.length, self.truncated)
+        return tuple(getattr(self, name) for name in COLUMNS)
 
     def to_dict(self) -> dict[str, Tensor]:
-        return dict(zip(("response", "prompt", "response_tokens", "length", "truncated"), self._tensors(), strict=True))
+        return dict(zip(COLUMNS, self._tensors(), strict=True))
+
+    def pooled(self, pooling: Pooling) -> Tensor:
+        """The response feature heads with this pooling read. [N, d]"""
+        return self.response if pooling == "last" else self.response_mean
+
+    def features(self, index: Sequence[int] | Tensor) -> Features:
+        """The rows `index` as the scoring path's features."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return Features(response=self.response[idx], prompt=self.prompt[idx], response_mean=self.response_mean[idx])
 
     @classmethod
     def concat(cls, parts: Sequence[FeatureTable]) -> FeatureTable:
@@ -123,12 +137,11 @@ def encode_group(
     )
 
 
-def forward_groups(backbone: Backbone, groups: Sequence[EncodedGroup]) -> tuple[Tensor, Tensor]:
+def forward_groups(backbone: Backbone, groups: Sequence[EncodedGroup]) -> Features:
     """Prompt once per group, then every response after it: one packed pass, or a prompt pass and one response pass
-    on its key/value cache (the caller's batches are already sized). -> (prompt [N,d], response [N,d])"""
+    on its key/value cache (the caller's batches are already sized). Rows: the groups' responses in order."""
     everything = 1 << 62
-    feats = extract_groups(backbone, groups, max_batch_tokens=everything, max_batch_size=everything)
-    return feats.prompt, feats.response
+    return extract_groups(backbone, groups, max_batch_tokens=everything, max_batch_size=everything)
 
 
 def _group_items(items: Sequence[Item]) -> list[tuple[list[int], Sequence[Message], list[str]]]:
@@ -152,6 +165,7 @@ def job_key(backbone: Backbone, items: Sequence[Item], cfg: ExtractConfig, data_
         "max_length": cfg.max_length,
         "min_prompt_tokens": cfg.min_prompt_tokens,
         "shard_size": cfg.shard_size,
+        "columns": COLUMNS,  # shards written before the mean feature existed lack it
         "data": data_hashes,
     }
     h.update(json.dumps(meta, sort_keys=True).encode())
@@ -244,23 +258,22 @@ def run_extraction(
                 raise RuntimeError(f"extraction of {name} stopped after {new} new shard(s) (max_new_shards)")
             encoded = [encode_group(backbone, groups[g][1], groups[g][2], cfg) for g in shard]
             n = sum(len(e.suffixes) for e in encoded)
-            prompt = torch.empty((n, backbone.hidden_size))
-            response = torch.empty((n, backbone.hidden_size))
+            columns = {c: torch.empty((n, backbone.hidden_size)) for c in ("response", "response_mean", "prompt")}
             starts = [0]
             for e in encoded:
                 starts.append(starts[-1] + len(e.suffixes))
             for batch in _batches(encoded, cfg.max_batch_tokens, backbone.packed):
-                p, r = forward_groups(backbone, [encoded[b] for b in batch])
+                feats = forward_groups(backbone, [encoded[b] for b in batch])
                 rows = [j for b in batch for j in range(starts[b], starts[b + 1])]
-                prompt[rows], response[rows] = p, r
+                for c, values in columns.items():
+                    values[rows] = getattr(feats, c)
                 tokens += sum(len(encoded[b].prompt_ids) + sum(map(len, encoded[b].suffixes)) for b in batch)
                 bar.update(len(rows))
                 bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - started, 1e-9):.0f}")
             _save_atomic(
                 path,
                 {
-                    "response": response,
-                    "prompt": prompt,
+                    **columns,
                     "response_tokens": torch.tensor([t for e in encoded for t in e.response_tokens]),
                     "length": torch.tensor([len(e.prompt_ids) + len(x) for e in encoded for x in e.suffixes]),
                     "truncated": torch.tensor([t for e in encoded for t in e.truncated]),
@@ -268,7 +281,7 @@ def run_extraction(
             )
             new += 1
         t = load_file(str(path))
-        parts.append(FeatureTable(t["response"], t["prompt"], t["response_tokens"], t["length"], t["truncated"]))
+        parts.append(FeatureTable(*(t[c] for c in COLUMNS)))
         order.extend(i for g in shard for i in groups[g][0])
     bar.close()
     elapsed = time.perf_counter() - started

@@ -87,7 +87,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def fit_objectives(cfg: TrainConfig, f: Features) -> Objectives:
-    ds, h = f.train, _np(f.table.response)
+    ds, h = f.train, _np(f.table.pooled(cfg.pooling))
     specs: list[LinearObjective | str] = []
     if cfg.objectives.blackbox:
         groups = sorted({pair_group(p) for p in ds.pairs})
@@ -147,7 +147,7 @@ def fit_objectives(cfg: TrainConfig, f: Features) -> Objectives:
 
 
 def _probe(cfg: TrainConfig, f: Features, name: str, groups: list[str], description: str) -> LinearObjective:
-    ds, h = f.train, _np(f.table.response)
+    ds, h = f.train, _np(f.table.pooled(cfg.pooling))
     sel = [i for i, p in enumerate(ds.pairs) if pair_group(p) in groups and _probe_share(cfg, p.id)]
     tr = [ds.pair_items[i] for i in sel if not ds.pair_val[i]]
     va = [ds.pair_items[i] for i in sel if ds.pair_val[i]]
@@ -160,7 +160,7 @@ def _probe(cfg: TrainConfig, f: Features, name: str, groups: list[str], descript
 def _out_of_fold(cfg: TrainConfig, f: Features, probe: LinearObjective, groups: list[str]) -> np.ndarray:
     """The probe's raw values [N_items] as the gating should see them: on the items of the pairs it was fit to,
     values from probes fit (at its L2) on the other `cross_fit` folds; elsewhere its own values (out of sample)."""
-    ds, h = f.train, _np(f.table.response)
+    ds, h = f.train, _np(f.table.pooled(cfg.pooling))
     values = probe.predict(h)
     k = cfg.probes.cross_fit
     fitted = [
@@ -273,7 +273,7 @@ def assemble(cfg: TrainConfig, f: Features, objs: Objectives, backbone: Backbone
     # validation pairs were never fit on, so their published values are already out of sample.
     gating_debiased = debiased if objs.gating_raw is None else std(objs.gating_raw) @ deb.transform.T
     gcfg = gating_config(cfg.gating)
-    x = _np(f.table.prompt if cfg.gating.input == "prompt" else f.table.response)
+    x = _np(f.table.prompt if cfg.gating.input == "prompt" else f.table.pooled(cfg.pooling))
     train_idx = [i for i, v in enumerate(f.train.pair_val) if not v]
     if cfg.probes.fit_fraction < 1.0 and not cfg.objectives.blackbox:
         train_idx = [i for i in train_idx if not _probe_share(cfg, f.train.pairs[i].id)]
@@ -353,6 +353,7 @@ def assemble(cfg: TrainConfig, f: Features, objs: Objectives, backbone: Backbone
         code_version=_git_rev(),
         backbone=backbone_ref(backbone, SERVE_MAX_LENGTH),
         objectives=tuple(objectives),
+        pooling=cfg.pooling,
         gating=gcfg.to_dict(),
         verbosity_objective="verbosity" if vi is not None else None,
         debias_lambda={n: float(deb.lambdas[i]) for i, n in enumerate(names)} if cfg.objectives.debias else {},

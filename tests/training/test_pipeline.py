@@ -15,7 +15,15 @@ from armo.model_store.backbone import load_backbone
 from armo.model_store.reward_model import RewardModel, ScoreItem
 from armo.model_store.store import ModelStore
 from armo.training.config import TrainConfig
-from armo.training.pipeline import fit_objectives, load_features, pair_accuracy, run, sweep, validation_accuracy
+from armo.training.pipeline import (
+    SUMMARY_KEYS,
+    fit_objectives,
+    load_features,
+    pair_accuracy,
+    run,
+    sweep,
+    validation_accuracy,
+)
 from armo.training.prepare import Dataset
 from armo.training.rewardbench import SECTIONS
 
@@ -107,7 +115,7 @@ def test_sweep_selects_on_validation_only(tiny_config: TrainConfig) -> None:
     equal.objectives.gating = "equal"
     results = sweep(tiny_config, {"default": tiny_config, "equal": equal})
     for acc in results.values():
-        groups = {k: v for k, v in acc.items() if k not in ("all", "balanced")}
+        groups = {k: v for k, v in acc.items() if k not in SUMMARY_KEYS}
         assert groups and all(0.0 <= v <= 1.0 for v in groups.values())
         assert acc["balanced"] == pytest.approx(sum(groups.values()) / len(groups))
     assert not (Path(tiny_config.out_dir)).exists()  # nothing evaluated, written or published
@@ -122,6 +130,8 @@ def test_pair_accuracy_counts_ties_half_and_balances_groups() -> None:
     acc = pair_accuracy(torch.tensor([1.0, -1.0, 0.0, 2.0]), ["a", "a", "a", "b"])
     assert acc["a"] == pytest.approx(0.5) and acc["b"] == 1.0
     assert acc["all"] == pytest.approx(2.5 / 4) and acc["balanced"] == pytest.approx(0.75)
+    # group a: 0.5 * 0.5 / 3, group b: 1 * 0 / 1; two groups
+    assert acc["balanced_se"] == pytest.approx((0.25 / 3) ** 0.5 / 2)
 
 
 def test_compare_scores_published_versions_on_one_validation_split(tiny_config: TrainConfig) -> None:
@@ -139,7 +149,7 @@ def test_compare_scores_published_versions_on_one_validation_split(tiny_config: 
 
     f = load_features(tiny_config, None, with_eval=False)
     val = [i for i, v in enumerate(f.train.pair_val) if v]
-    assert set(results["t1"]) - {"all", "balanced"} == {pair_group(f.train.pairs[i]) for i in val}
+    assert set(results["t1"]) - set(SUMMARY_KEYS) == {pair_group(f.train.pairs[i]) for i in val}
     manifest, head = ModelStore(tiny_config.store).load(tiny_config.name, "t0")
     rm = RewardModel(load_backbone(tiny_config.backbone), head, manifest)
     items = f.train.items

@@ -107,11 +107,16 @@ def _print_accuracies(results: dict[str, dict[str, float]], what: str, out: Path
     from rich.console import Console
     from rich.table import Table
 
-    groups = sorted({g for r in results.values() for g in r} - {"all", "balanced"})
-    table = Table(what, "balanced", "all", *groups, title="validation pair accuracy % (ties 0.5)")
+    from armo.training.pipeline import SUMMARY_KEYS
+
+    groups = sorted({g for r in results.values() for g in r} - set(SUMMARY_KEYS))
+    table = Table(what, "balanced ± se", "all", *groups, title="validation pair accuracy % (ties 0.5)")
     for name, acc in results.items():
+        nan = float("nan")
         table.add_row(
-            name or "(config)", *(f"{100 * acc.get(k, float('nan')):.1f}" for k in ["balanced", "all", *groups])
+            name or "(config)",
+            f"{100 * acc.get('balanced', nan):.1f} ± {100 * acc.get('balanced_se', nan):.1f}",
+            *(f"{100 * acc.get(k, nan):.1f}" for k in ["all", *groups]),
         )
     Console(width=200).print(table)
     if out is not None:

@@ -219,13 +219,22 @@ def _val_pair_accuracy(
     return pair_accuracy(margin, [pair_group(f.train.pairs[i]) for i in val_idx])
 
 
+SUMMARY_KEYS = ("all", "balanced", "balanced_se")  # the keys of `pair_accuracy` that are not groups
+
+
 def pair_accuracy(margin: torch.Tensor, groups: list[str]) -> dict[str, float]:
-    """Accuracy (ties 0.5) of chosen-minus-rejected margins [P]: "all", per group, and "balanced" (group mean)."""
+    """Accuracy (ties 0.5) of chosen-minus-rejected margins [P]: "all", per group, "balanced" (group mean) and its
+    standard error "balanced_se" (groups independent: sqrt(sum of each group's binomial variance) / groups) — the
+    promotion margin of docs/RESULTS.md."""
     win = (margin > 0).float() + 0.5 * (margin == 0).float()
     out = {"all": float(win.mean())}
+    variance = 0.0
     for g in sorted(set(groups)):
-        out[g] = float(win[[k for k, h in enumerate(groups) if h == g]].mean())
+        w = win[[k for k, h in enumerate(groups) if h == g]]
+        out[g] = float(w.mean())
+        variance += out[g] * (1 - out[g]) / len(w)
     out["balanced"] = float(np.mean([out[g] for g in set(groups)]))
+    out["balanced_se"] = float(np.sqrt(variance)) / len(set(groups))
     return out
 
 

@@ -178,6 +178,7 @@ async def test_models_health_ready_openapi(api: Api) -> None:
     assert body["loaded"]["version"] == "v1"
     assert [o["name"] for o in body["loaded"]["objectives"]] == ["helpfulness", "correctness", "safety", "verbosity"]
     assert body["loaded"]["backbone"]["hidden_size"] == 32
+    assert body["loaded"]["pooling"] == "last"  # not set by the tiny artifact: the default
     assert body["store"] == {"model": "tiny", "alias": "current", "versions": ["v1"], "aliases": {"current": "v1"}}
     assert body["last_reload"]["result"] == "success"
     assert (await client.get("/health")).json() == {"status": "ok"}

@@ -165,6 +165,7 @@ class LoadedModelInfo(BaseModel):
     created_at: str
     loaded_at: str
     backbone: BackboneInfo
+    pooling: str  # the response feature the heads read: "last" (end-of-turn token) or "mean" (over the response)
     objectives: list[ObjectiveInfo]
     gating: dict[str, Any]
     metrics: dict[str, Any]

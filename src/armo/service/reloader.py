@@ -253,6 +253,7 @@ class Reloader:
                 hidden_size=rm.backbone.hidden_size,
                 max_length=rm.config.max_length,
             ),
+            pooling=m.pooling,
             objectives=[
                 ObjectiveInfo(name=o.name, kind=o.kind, description=o.description, source=o.source, metrics=o.metrics)
                 for o in m.objectives

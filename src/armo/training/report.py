@@ -58,7 +58,7 @@ def _pct(x: float | None) -> str:
 def ablation_table(results: Sequence[dict[str, Any]]) -> str:
     head = (
         "| run | Chat | Chat Hard | Safety | Reasoning | 4-section mean | prior (hhh) | v1 | ties "
-        "| val pair acc (balanced / all) | command |"
+        "| val pair acc (balanced ± se / all) | command |"
     )
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
@@ -66,11 +66,11 @@ def ablation_table(results: Sequence[dict[str, Any]]) -> str:
         sec = s.get("per_section", {})
         val = r["metrics"].get("val_pair_accuracy", {})
         cells = [_f(sec.get(n)) for n in SECTIONS]
+        validation = f"{_pct(val.get('balanced'))} ± {_pct(val.get('balanced_se'))} / {_pct(val.get('all'))}"
         lines.append(
             f"| {r['run']} | {' | '.join(cells)} | **{_f(s.get('four_section_mean'))}** "
             f"± {_f(s.get('four_section_mean_se'))} | {_f(s.get('prior'))} | "
-            f"{_f(s.get('v1_score'))} | {s.get('ties', '–')} | {_pct(val.get('balanced'))} / {_pct(val.get('all'))} | "
-            f"`{r.get('command', '')}` |"
+            f"{_f(s.get('v1_score'))} | {s.get('ties', '–')} | {validation} | `{r.get('command', '')}` |"
         )
     return "\n".join(lines)
 

@@ -98,7 +98,8 @@ def runs_bars(results: list[dict[str, Any]], path: Path) -> None:
     ax.axvline(50, color="grey", lw=0.8, ls=":")
     ax.set_xlim(40, 75)
     ax.invert_yaxis()
-    ax.set_xlabel("RewardBench four-section mean (fast sample)")
+    full = rb[0].get("mode") == "full"  # evaluate.py records which set the runs were scored on
+    ax.set_xlabel(f"RewardBench four-section mean ({'full set' if full else 'fast sample'})")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)

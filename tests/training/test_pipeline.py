@@ -130,8 +130,8 @@ def test_pair_accuracy_counts_ties_half_and_balances_groups() -> None:
     acc = pair_accuracy(torch.tensor([1.0, -1.0, 0.0, 2.0]), ["a", "a", "a", "b"])
     assert acc["a"] == pytest.approx(0.5) and acc["b"] == 1.0
     assert acc["all"] == pytest.approx(2.5 / 4) and acc["balanced"] == pytest.approx(0.75)
-    # group a: 0.5 * 0.5 / 3, group b: 1 * 0 / 1; two groups
-    assert acc["balanced_se"] == pytest.approx((0.25 / 3) ** 0.5 / 2)
+    # group a: wins 1, 0, 0.5 (a tie makes the variance 1/6, under the binomial 1/4) over 3 pairs; b: none
+    assert acc["balanced_se"] == pytest.approx(((1 / 6) / 3) ** 0.5 / 2)
 
 
 def test_compare_scores_published_versions_on_one_validation_split(tiny_config: TrainConfig) -> None:

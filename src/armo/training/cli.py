@@ -103,19 +103,51 @@ def train_sweep(
     _print_accuracies(sweep(base, tried), "variant", out)
 
 
-def _print_accuracies(results: dict[str, dict[str, float]], what: str, out: Path | None) -> None:
+@train_app.command("cv")
+def train_cv(
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    variants: Annotated[
+        list[str],
+        typer.Option("--try", help="a variant: overrides separated by ';', e.g. 'pooling=mean;gating.lr=0.003'"),
+    ] = [],  # noqa: B006 (typer reads the default)
+    folds: Annotated[int, typer.Option("--folds", help="folds, keyed like the train/validation split")] = 5,
+    out: Annotated[Path | None, typer.Option("--out", help="also write the table as JSON here")] = None,
+) -> None:
+    """Cross-validated selection: every training pair scored out of fold, variants compared pairwise with the
+    config (cached features; RewardBench never read)."""
+    from armo.training.crossval import cross_validate
+
+    base = _config(config, sets)
+    tried = {
+        v: load_config(config, {**_overrides(sets), **_overrides([s for s in v.split(";") if s])})
+        for v in ["", *variants]
+    }
+    _print_accuracies(cross_validate(base, tried, folds), "variant", out, f"out-of-fold pair accuracy %, {folds} folds")
+
+
+def _print_accuracies(
+    results: dict[str, dict[str, float]], what: str, out: Path | None, title: str = "validation pair accuracy %"
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from armo.training.pipeline import SUMMARY_KEYS
 
+    nan = float("nan")
+
+    def pm(acc: dict[str, float], key: str) -> str:
+        return f"{100 * acc.get(key, nan):+.1f} ± {100 * acc.get(key + '_se', nan):.1f}"
+
     groups = sorted({g for r in results.values() for g in r} - set(SUMMARY_KEYS))
-    table = Table(what, "balanced ± se", "all", *groups, title="validation pair accuracy % (ties 0.5)")
+    paired = any("vs_base" in r for r in results.values())
+    columns = ["balanced ± se", *(["vs (config), paired"] if paired else []), "all", *groups]
+    table = Table(what, *columns, title=f"{title} (ties 0.5)")
     for name, acc in results.items():
-        nan = float("nan")
         table.add_row(
             name or "(config)",
             f"{100 * acc.get('balanced', nan):.1f} ± {100 * acc.get('balanced_se', nan):.1f}",
+            *([pm(acc, "vs_base")] if paired else []),
             *(f"{100 * acc.get(k, nan):.1f}" for k in ["all", *groups]),
         )
     Console(width=200).print(table)

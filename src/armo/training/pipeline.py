@@ -219,23 +219,35 @@ def _val_pair_accuracy(
     return pair_accuracy(margin, [pair_group(f.train.pairs[i]) for i in val_idx])
 
 
-SUMMARY_KEYS = ("all", "balanced", "balanced_se")  # the keys of `pair_accuracy` that are not groups
+# Keys of `pair_accuracy` / `crossval.cross_validate` results that are not pair groups.
+SUMMARY_KEYS = ("all", "balanced", "balanced_se", "vs_base", "vs_base_se")
 
 
-def pair_accuracy(margin: torch.Tensor, groups: list[str]) -> dict[str, float]:
-    """Accuracy (ties 0.5) of chosen-minus-rejected margins [P]: "all", per group, "balanced" (group mean) and its
-    standard error "balanced_se" (groups independent: sqrt(sum of each group's binomial variance) / groups) — the
-    promotion margin of docs/RESULTS.md."""
-    win = (margin > 0).float() + 0.5 * (margin == 0).float()
-    out = {"all": float(win.mean())}
+def balanced_mean(values: np.ndarray, groups: list[str]) -> tuple[dict[str, float], float, float]:
+    """Per-group means of `values` [P], their mean (every group weighs the same) and its standard error (groups
+    independent: sqrt(Σ_g var_g / n_g) / G, population variance — for 0/1 wins exactly the binomial p(1-p))."""
+    labels = np.array(groups)
+    means: dict[str, float] = {}
     variance = 0.0
     for g in sorted(set(groups)):
-        w = win[[k for k, h in enumerate(groups) if h == g]]
-        out[g] = float(w.mean())
-        variance += out[g] * (1 - out[g]) / len(w)
-    out["balanced"] = float(np.mean([out[g] for g in set(groups)]))
-    out["balanced_se"] = float(np.sqrt(variance)) / len(set(groups))
-    return out
+        v = values[labels == g]
+        means[g] = float(v.mean())
+        variance += float(v.var()) / len(v)
+    return means, float(np.mean(list(means.values()))), float(np.sqrt(variance)) / len(means)
+
+
+def wins(margin: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Chosen-minus-rejected margins [P] -> 1 (right), 0.5 (tie), 0 (wrong)."""
+    m = np.asarray(margin, dtype=np.float64)
+    return (m > 0) + 0.5 * (m == 0)
+
+
+def pair_accuracy(margin: torch.Tensor | np.ndarray, groups: list[str]) -> dict[str, float]:
+    """Accuracy (ties 0.5) of chosen-minus-rejected margins [P]: "all", per group, "balanced" (group mean) and its
+    standard error "balanced_se" — the promotion margin of docs/RESULTS.md."""
+    win = wins(margin)
+    per_group, balanced, se = balanced_mean(win, groups)
+    return {"all": float(win.mean()), **per_group, "balanced": balanced, "balanced_se": se}
 
 
 def validation_accuracy(cfg: TrainConfig, versions: list[str], store: Path) -> dict[str, dict[str, float]]:

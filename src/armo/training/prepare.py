@@ -49,6 +49,10 @@ class Dataset:
             self.items.append(Item(tuple(messages), response))
         return self._index[key]
 
+    def index_of(self, item: Item) -> int:
+        """Position of an item of this dataset (KeyError if it is not one)."""
+        return self._index[(repr(list(item.messages)), item.response)]
+
     def add_pair(self, p: PairRow, val: bool) -> None:
         self.pairs.append(p)
         self.pair_items.append((self.item(p.messages, p.chosen), self.item(p.messages, p.rejected)))
@@ -97,7 +101,8 @@ def split_overlap(ds: Dataset) -> dict[str, dict[str, int]]:
     return dict(sorted(out.items()))
 
 
-def _split_key(row_id: str) -> str:
+def id_stem(row_id: str) -> str:
+    """A rating row's id without its "-chosen"/"-rejected" suffix: its pair's id, so both split together."""
     for s in SUFFIXES:
         if row_id.endswith(s):
             return row_id[: -len(s)]
@@ -137,13 +142,13 @@ def _add_rows(ds: Dataset, cfg: DataConfig, pair_sample: dict[str, int], rating_
     for f in cfg.ratings:
         ds.data_hashes[f] = file_sha256(root / f)
         rated = [r for r in load_ratings(root / f) if valid(r.messages, r.response)]
-        follow = [r for r in rated if r.source in cfg.ratings_follow_pairs and _split_key(r.id) in sampled_pair_ids]
+        follow = [r for r in rated if r.source in cfg.ratings_follow_pairs and id_stem(r.id) in sampled_pair_ids]
         rest = stratified_sample(
             [r for r in rated if r.source not in cfg.ratings_follow_pairs], rating_group, rating_sample, cfg.seed
         )
         for r in follow + rest:
             if r.id not in have:
-                ds.add_rating(r, _is_val(cfg, _split_key(r.id), r.messages))
+                ds.add_rating(r, _is_val(cfg, id_stem(r.id), r.messages))
 
 
 def build_training_set(cfg: DataConfig) -> Dataset:

@@ -44,3 +44,15 @@ def test_train_run_then_eval(tiny_config: TrainConfig, tmp_path: Path) -> None:
     res = runner.invoke(app, ["train", "report", str(Path(tiny_config.out_dir) / "cli"), "--out", str(report)])
     assert res.exit_code == 0, res.output
     assert "four-section mean" in report.read_text()
+
+
+def test_train_cv_writes_paired_differences(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    cfg_path = tmp_path / "config.json"
+    cfg_path.write_text(json.dumps(tiny_config.to_dict()))
+    out = tmp_path / "cv.json"
+    args = ["train", "cv", "--config", str(cfg_path), "--set", "gating.max_epochs=2", "--folds", "2"]
+    res = CliRunner().invoke(app, [*args, "--try", "pooling=mean", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    results = json.loads(out.read_text())
+    assert list(results) == ["", "pooling=mean"] and results[""]["vs_base"] == 0.0
+    assert "vs (config), paired" in res.output and "out-of-fold" in res.output

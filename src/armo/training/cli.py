@@ -96,11 +96,16 @@ def train_sweep(
     from armo.training.pipeline import sweep
 
     base = _config(config, sets)
-    tried = {
+    tried = _variants(config, sets, variants)
+    _print_accuracies(sweep(base, tried), "variant", out)
+
+
+def _variants(config: Path | None, sets: list[str] | None, variants: list[str]) -> dict[str, TrainConfig]:
+    """The config (key "") and each `--try` variant on top of it."""
+    return {
         v: load_config(config, {**_overrides(sets), **_overrides([s for s in v.split(";") if s])})
         for v in ["", *variants]
     }
-    _print_accuracies(sweep(base, tried), "variant", out)
 
 
 @train_app.command("cv")
@@ -119,10 +124,7 @@ def train_cv(
     from armo.training.crossval import cross_validate
 
     base = _config(config, sets)
-    tried = {
-        v: load_config(config, {**_overrides(sets), **_overrides([s for s in v.split(";") if s])})
-        for v in ["", *variants]
-    }
+    tried = _variants(config, sets, variants)
     _print_accuracies(cross_validate(base, tried, folds), "variant", out, f"out-of-fold pair accuracy %, {folds} folds")
 
 

@@ -8,7 +8,7 @@ time (batch 1, no padding: the shape where both see exactly the same work), inte
 (this VM's speed drifts), against PyTorch fp32 and PyTorch int8 (`armo.model_store.quant`). It prints tokens/s per
 path, the ratios, and the largest difference of the end-of-turn feature from PyTorch fp32.
 
-    .venv/bin/pip install onnxruntime onnx onnxscript   # not a dependency of the service
+    .venv/bin/pip install -e '.[onnx]'   # onnxruntime, onnx, onnxscript: not needed by the service
     .venv/bin/python -m benchmarks.onnx_study --pairs 40 --rounds 3
 """
 

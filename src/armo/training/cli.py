@@ -20,6 +20,10 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="JSON con
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="override, e.g. --set gating.input=response (JSON value)")
 ]
+TryOpt = Annotated[
+    list[str], typer.Option("--try", help="a variant: overrides separated by ';', e.g. 'pooling=mean;gating.lr=0.003'")
+]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="also write the table as JSON here")]
 
 
 def _overrides(values: list[str] | None) -> dict[str, object]:
@@ -86,11 +90,8 @@ def train_run(
 def train_sweep(
     config: ConfigOpt = None,
     sets: SetOpt = None,
-    variants: Annotated[
-        list[str],
-        typer.Option("--try", help="a variant: overrides separated by ';', e.g. 'gating.lr=0.003;gating.dropout=0.2'"),
-    ] = [],  # noqa: B006 (typer reads the default)
-    out: Annotated[Path | None, typer.Option("--out", help="also write the table as JSON here")] = None,
+    variants: TryOpt = [],  # noqa: B006 (typer reads the default)
+    out: OutOpt = None,
 ) -> None:
     """Validation-only model selection over variants of one config (cached features; RewardBench never read)."""
     from armo.training.pipeline import sweep
@@ -112,12 +113,9 @@ def _variants(config: Path | None, sets: list[str] | None, variants: list[str]) 
 def train_cv(
     config: ConfigOpt = None,
     sets: SetOpt = None,
-    variants: Annotated[
-        list[str],
-        typer.Option("--try", help="a variant: overrides separated by ';', e.g. 'pooling=mean;gating.lr=0.003'"),
-    ] = [],  # noqa: B006 (typer reads the default)
+    variants: TryOpt = [],  # noqa: B006 (typer reads the default)
     folds: Annotated[int, typer.Option("--folds", help="folds, keyed like the train/validation split")] = 5,
-    out: Annotated[Path | None, typer.Option("--out", help="also write the table as JSON here")] = None,
+    out: OutOpt = None,
 ) -> None:
     """Cross-validated selection: every training pair scored out of fold, variants compared pairwise with the
     config (cached features; RewardBench never read)."""
@@ -163,7 +161,7 @@ def train_compare(
     config: ConfigOpt = None,
     sets: SetOpt = None,
     store: Annotated[Path | None, typer.Option("--store", help="model store (default: the config's)")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="also write the table as JSON here")] = None,
+    out: OutOpt = None,
 ) -> None:
     """Published artifacts side by side on this config's validation pairs: the promotion check between
     versions trained on different samples (RewardBench never read)."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from armo.cli import app
 from armo.training.config import TrainConfig
+from armo.training.pipeline import SUMMARY_KEYS
 
 
 def test_train_run_then_eval(tiny_config: TrainConfig, tmp_path: Path) -> None:
@@ -51,8 +53,14 @@ def test_train_cv_writes_paired_differences(tiny_config: TrainConfig, tmp_path: 
     cfg_path.write_text(json.dumps(tiny_config.to_dict()))
     out = tmp_path / "cv.json"
     args = ["train", "cv", "--config", str(cfg_path), "--set", "gating.max_epochs=2", "--folds", "2"]
-    res = CliRunner().invoke(app, [*args, "--try", "pooling=mean", "--out", str(out)])
+    res = CliRunner().invoke(app, [*args, "--try", "pooling=mean", "--out", str(out), "--by", "category"])
     assert res.exit_code == 0, res.output
     results = json.loads(out.read_text())
     assert list(results) == ["", "pooling=mean"] and results[""]["vs_base"] == 0.0
     assert "vs (config), paired" in res.output and "out-of-fold" in res.output
+    by = json.loads(out.with_suffix(".by.json").read_text())  # synthetic rows carry no category: the groups
+    assert set(by) == set(results[""]) - set(SUMMARY_KEYS)
+    assert all(
+        row["pooling=mean vs"] == pytest.approx(results["pooling=mean"][g] - results[""][g]) for g, row in by.items()
+    )
+    assert "by label" in res.output and "#1: pooling=mean" in res.output

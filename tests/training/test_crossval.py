@@ -50,7 +50,9 @@ def test_cross_validation_pairs_every_variant_with_the_first(tiny_config: TrainC
     tiny_config.data.split_by = "prompt"
     equal = copy.deepcopy(tiny_config)
     equal.objectives.gating = "equal"
-    results = cross_validate(tiny_config, {"": tiny_config, "same": copy.deepcopy(tiny_config), "equal": equal}, 3)
+    results, detail = cross_validate(
+        tiny_config, {"": tiny_config, "same": copy.deepcopy(tiny_config), "equal": equal}, 3, by=pair_group
+    )
     f = load_features(tiny_config, None, with_eval=False)
     assert set(results[""]) - set(SUMMARY_KEYS) == {pair_group(p) for p in f.train.pairs}
     assert results["same"] == pytest.approx(results[""])  # seeded: the same recipe scores the same margins
@@ -58,5 +60,12 @@ def test_cross_validation_pairs_every_variant_with_the_first(tiny_config: TrainC
     # a balanced mean is linear: the paired difference equals the difference of the balanced accuracies
     assert results["equal"]["vs_base"] == pytest.approx(results["equal"]["balanced"] - results[""]["balanced"])
     assert all(0.0 <= results[n]["balanced"] <= 1.0 for n in results)
+    # read by the rule's own groups, the finer table holds the same per-group accuracies and paired differences
+    assert set(detail) == {pair_group(p) for p in f.train.pairs}
+    for g, row in detail.items():
+        assert row[""] == pytest.approx(results[""][g]) and row["equal"] == pytest.approx(results["equal"][g])
+        assert row["equal vs"] == pytest.approx(results["equal"][g] - results[""][g])
+        assert row["same vs"] == 0.0 and row["same vs_se"] == 0.0
+    assert sum(row["n"] for row in detail.values()) == len(f.train.pairs)
     with pytest.raises(ValueError, match="at least 2 folds"):
         cross_validate(tiny_config, {"": tiny_config}, 1)

@@ -11,7 +11,7 @@ import pytest
 
 from armo.training import data
 from armo.training.config import DataConfig, EvalConfig, SampleExtension
-from armo.training.prepare import build_eval_set, build_training_set
+from armo.training.prepare import build_eval_set, build_training_set, pair_category, pair_group
 from tests.conftest import SHARED_DATA
 
 
@@ -53,6 +53,11 @@ def test_real_pair_rows(name: str, tmp_path: Path) -> None:
         assert p.messages[-1]["role"] == "user" and p.chosen and p.rejected and p.objective
         if name.startswith("eval"):
             assert p.subset and p.section and p.id.startswith(p.subset)
+        if "rmb" in name:  # RMB's topic, e.g. "Helpfulness/Code/Data Management", refines the group
+            assert p.category.split("/")[0].lower() == p.objective
+            assert pair_category(p) == f"rmb/{p.objective}/{p.category.split('/')[1]}"
+        else:
+            assert not p.category and pair_category(p) == pair_group(p)
 
 
 def test_user_jsonl_and_deterministic_split(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, cast, get_args
+from typing import Annotated, Literal, cast, get_args
 
 import typer
 
@@ -116,14 +116,43 @@ def train_cv(
     variants: TryOpt = [],  # noqa: B006 (typer reads the default)
     folds: Annotated[int, typer.Option("--folds", help="folds, keyed like the train/validation split")] = 5,
     out: OutOpt = None,
+    by: Annotated[
+        Literal["category"] | None,
+        typer.Option("--by", help="also per source category (RMB's topics), paired; written to <out>.by.json"),
+    ] = None,
 ) -> None:
     """Cross-validated selection: every training pair scored out of fold, variants compared pairwise with the
     config (cached features; RewardBench never read)."""
     from armo.training.crossval import cross_validate
+    from armo.training.prepare import pair_category
 
     base = _config(config, sets)
     tried = _variants(config, sets, variants)
-    _print_accuracies(cross_validate(base, tried, folds), "variant", out, f"out-of-fold pair accuracy %, {folds} folds")
+    results, detail = cross_validate(base, tried, folds, pair_category if by else None)
+    _print_accuracies(results, "variant", out, f"out-of-fold pair accuracy %, {folds} folds")
+    if by:
+        _print_by_label(detail, list(tried), None if out is None else out.with_suffix(".by.json"))
+
+
+def _print_by_label(detail: dict[str, dict[str, float]], names: list[str], out: Path | None) -> None:
+    """One row per label: pairs, the first variant's accuracy, each other variant's paired difference ± SE."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("label", "pairs", "#0 acc", *(f"#{i} − #0" for i in range(1, len(names))), title="by label (%)")
+    for label, row in detail.items():
+        table.add_row(
+            label,
+            f"{row['n']:.0f}",
+            f"{100 * row[names[0]]:.1f}",
+            *(f"{100 * row[f'{n} vs']:+.1f} ± {100 * row[f'{n} vs_se']:.1f}" for n in names[1:]),
+        )
+    console = Console(width=200)
+    console.print(table)
+    for i, n in enumerate(names):
+        console.print(f"#{i}: {n or '(config)'}")
+    if out is not None:
+        out.write_text(json.dumps(detail, indent=2))
 
 
 def _print_accuracies(

@@ -15,13 +15,13 @@ distribution of responses, which is the same whatever is scored. RewardBench is 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from armo.model_store.reward_model import RewardModel
 from armo.training.config import DataConfig, TrainConfig
-from armo.training.data import id_fraction
+from armo.training.data import PairRow, id_fraction
 from armo.training.evaluate import score_items
 from armo.training.featurize import get_backbone
 from armo.training.pipeline import (
@@ -92,23 +92,41 @@ def out_of_fold_margins(cfg: TrainConfig, f: Features, k: int) -> np.ndarray:
     return margin
 
 
-def cross_validate(base: TrainConfig, variants: dict[str, TrainConfig], k: int = 5) -> dict[str, dict[str, float]]:
+def cross_validate(
+    base: TrainConfig, variants: dict[str, TrainConfig], k: int = 5, by: Callable[[PairRow], str] | None = None
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """Out-of-fold pair accuracy of every variant (as `pair_accuracy`), plus its paired difference from the first
-    variant on the same pairs ("vs_base" ± "vs_base_se", balanced over groups). Nothing is written or published."""
+    variant on the same pairs ("vs_base" ± "vs_base_se", balanced over groups: the round-7 rule). With `by`, also a
+    finer reading: per label of `by` (e.g. `pair_category`), as `by_label`. Nothing is written or published."""
     if k < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {k}")
     f = load_features(base, get_backbone(base.backbone), with_eval=False)
     groups = [pair_group(p) for p in f.train.pairs]
     out: dict[str, dict[str, float]] = {}
-    first: np.ndarray | None = None
+    won: dict[str, np.ndarray] = {}
     for name, cfg in variants.items():
         if cfg.data != base.data or cfg.extract != base.extract or cfg.backbone != base.backbone:
             raise ValueError(f"variant {name!r} changes the data, extraction or backbone")
         margin = out_of_fold_margins(cfg, f, k)
         acc = pair_accuracy(margin, groups)
-        win = wins(margin)
-        if first is None:
-            first = win
-        _, acc["vs_base"], acc["vs_base_se"] = balanced_mean(win - first, groups)
+        won[name] = wins(margin)
+        _, acc["vs_base"], acc["vs_base_se"] = balanced_mean(won[name] - next(iter(won.values())), groups)
         out[name] = acc
+    return out, (by_label(won, [by(p) for p in f.train.pairs]) if by else {})
+
+
+def by_label(won: dict[str, np.ndarray], labels: list[str]) -> dict[str, dict[str, float]]:
+    """Per label: its pair count "n", every variant's accuracy (key: the variant's name) and, after the first, its
+    paired difference from the first ("<name> vs") ± standard error ("<name> vs_se")."""
+    names = list(won)
+    diffs = {n: won[n] - won[names[0]] for n in names[1:]}
+    acc = {n: balanced_mean(w, labels)[0] for n, w in won.items()}
+    out: dict[str, dict[str, float]] = {}
+    for label in sorted(set(labels)):
+        rows = np.array(labels) == label
+        row = {"n": float(rows.sum()), **{n: acc[n][label] for n in names}}
+        for n, d in diffs.items():
+            row[f"{n} vs"] = float(d[rows].mean())
+            row[f"{n} vs_se"] = float(d[rows].std() / np.sqrt(rows.sum()))
+        out[label] = row
     return out

@@ -43,6 +43,7 @@ class PairRow:
     rejected: str
     subset: str = ""  # RewardBench subset (eval rows only)
     section: str = ""
+    category: str = ""  # the source's own topic label, e.g. RMB's "Helpfulness/Code/Data Management"
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
@@ -93,6 +94,7 @@ def load_pairs(path: str | Path) -> list[PairRow]:
                 r["rejected"],
                 subset,
                 str(r.get("section", "")),
+                str(r.get("category") or ""),
             )
         )
     return rows

@@ -78,6 +78,13 @@ def pair_group(p: PairRow) -> str:
     return f"{p.source}/{p.objective}"
 
 
+def pair_category(p: PairRow) -> str:
+    """The pair's group refined by the second level of its source's category, where it has one (RMB:
+    "rmb/helpfulness/Code", "rmb/harmlessness/S3"); else the group. For reading results, not for the rule."""
+    levels = p.category.split("/")
+    return f"{pair_group(p)}/{levels[1]}" if len(levels) > 1 else pair_group(p)
+
+
 def rating_group(r: RatingRow) -> str:
     return f"{r.source}/{'multi' if len(r.ratings) > 1 else next(iter(r.ratings), 'none')}"
 

@@ -88,6 +88,9 @@ def main(
     folds: Annotated[int, typer.Option(help="cross-fit folds, keyed by prompt")] = 5,
     budget: Annotated[int, typer.Option(help="real tokens per packed pass")] = 1024,
     out: Annotated[Path, typer.Option(help="JSON results")] = Path("runs/feature_study.json"),
+    backbone_spec: Annotated[
+        str, typer.Option("--backbone", help="'embedded' or a local directory (benchmarks.gemma3_backbone)")
+    ] = "embedded",
 ) -> None:
     torch.set_num_threads(2)
     data = DataConfig()
@@ -96,8 +99,14 @@ def main(
         rows = [p for p in load_pairs(Path(data.root) / f) if valid(p.messages, p.chosen, p.rejected)]
         groups = sorted({pair_group(p) for p in rows})
         pairs += stratified_sample(rows, pair_group, dict.fromkeys(groups, per_group), seed=1)
-    backbone = load_backbone("embedded")
-    if not backbone.packed:
+    backbone = load_backbone(backbone_spec)
+    window = getattr(backbone.model.config, "sliding_window", None)
+    if not backbone.packed and window and max_length <= window:
+        # The product refuses sliding-window models (`packing.enable`), since a segment longer than the window
+        # would see keys the model would not. Here no sequence exceeds the cap, so none exceeds the window:
+        # segment attention is exact (Gemma 3: 512-token windows, 320-token cap).
+        backbone.model.set_attn_implementation(packing.ATTENTION)
+    elif not backbone.packed:
         raise SystemExit("the study needs a packed backbone (SDPA attention)")
     n_layers = int(backbone.model.config.num_hidden_layers)
     layers = sorted({n_layers // 2, (3 * n_layers) // 4, n_layers})

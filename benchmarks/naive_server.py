@@ -13,7 +13,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from armo.model_store.backbone import load_backbone
-from armo.model_store.features import encode, extract
+from armo.model_store.encoding import encode
+from armo.model_store.forward import run_padded
 from armo.model_store.reward_model import Prepared, RewardModel, ScoreItem
 from armo.model_store.store import BUNDLED_ROOT, DEFAULT_MODEL, ModelStore
 
@@ -24,9 +25,9 @@ app = FastAPI()
 
 
 def score_one(messages: list[dict[str, str]], response: str) -> float:
-    e = encode(rm.backbone.tokenizer, messages, response, max_length=rm.config.max_length)
+    e = encode(rm.backbone.tokenizer, messages, response, rm.config.truncation)
     prepared = Prepared(ScoreItem(messages, response), e)
-    return float(rm.forward_features([prepared], extract(rm.backbone, [e])).score[0])
+    return float(rm.forward_features([prepared], run_padded(rm.backbone, [e])).score[0])
 
 
 @app.post("/get_reward")

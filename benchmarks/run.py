@@ -32,9 +32,11 @@ import typer
 from loadtests.http_load import run_load
 
 from armo.model_store.backbone import Backbone, load_backbone
-from armo.model_store.features import Encoded, encode, extract, extract_many
-from armo.model_store.reward_model import Prepared, RewardModel, ScoreItem, ScoringConfig
+from armo.model_store.encoding import Encoded, Truncation, encode
+from armo.model_store.forward import item_features, run_padded
+from armo.model_store.reward_model import Prepared, RewardModel, ScoreItem
 from armo.model_store.store import BUNDLED_ROOT, DEFAULT_MODEL, ModelStore
+from armo.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -58,7 +60,7 @@ def rewardbench_pairs(backbone: Backbone, n: int, max_length: int) -> list[Pair]
         for r in candidates[:: max(1, len(candidates) // (per * 3))]:
             msgs = [{"role": "user", "content": r["prompt"]}]
             lengths = [
-                encode(backbone.tokenizer, msgs, y, max_length=10**6).length for y in (r["chosen"], r["rejected"])
+                encode(backbone.tokenizer, msgs, y, Truncation(10**6)).length for y in (r["chosen"], r["rejected"])
             ]
             if max(lengths) <= max_length:
                 fits.append((msgs, r["chosen"], r["rejected"]))
@@ -261,7 +263,7 @@ def main(
     tmp = Path(tempfile.mkdtemp(prefix="armo-bench-"))
     store_root, model = _store_for_benchmark(backbone, tmp)
     manifest, head = ModelStore(store_root).load(model)
-    rm = RewardModel(backbone, head, manifest, ScoringConfig(max_length=max(max_length, 2048)))
+    rm = RewardModel(backbone, head, manifest, Settings.model_construct().scoring_config(max(max_length, 2048)))
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -293,10 +295,10 @@ def main(
     print(f"matmul {gflops:.1f} GFLOP/s → ceiling {ceiling:.0f} tokens/s; workload {len(work)} pairs, {tokens} tokens")
 
     # Raw batched forward: the backbone alone, packed (no padding), no sharing, no heads.
-    budget = rm.config.max_batch_tokens  # the same (best-on-CPU) forward budget for every batched path
+    budget = rm.config.forward  # the same (best-on-CPU) forward budget for every batched path
 
     def raw_forward(enc: Sequence[Encoded] = encoded) -> Any:
-        return extract_many(backbone, enc, max_batch_tokens=budget, share_prompts=False)
+        return item_features(backbone, enc, budget, share_prompts=False)
 
     # Timed paths on the pair workload, interleaved (below). The raw forward. The naive peer: one full sequence per
     # forward pass (the model card's way), then the heads. This service's path in-process: prompt sharing, packed
@@ -311,7 +313,7 @@ def main(
 
     def naive(batch: Sequence[ScoreItem]) -> list[float]:
         return [
-            float(rm_padded.forward_features([p], extract(padded, [p.encoded])).score[0])
+            float(rm_padded.forward_features([p], run_padded(padded, [p.encoded])).score[0])
             for p in (by_item[id(it)] for it in batch)
         ]
 
@@ -380,9 +382,7 @@ def main(
     for n in (4, 16):
         bon = best_of_n(backbone, n)
         bon_enc = [rm.prepare(it).encoded for it in bon]
-        indep_s, _ = timed(
-            lambda enc=bon_enc: extract_many(backbone, enc, max_batch_tokens=budget, share_prompts=False)
-        )
+        indep_s, _ = timed(lambda enc=bon_enc: item_features(backbone, enc, budget, share_prompts=False))
         shared_s, _ = timed(lambda b=bon: rm.score(b))
         results[f"best_of_{n}"] = {
             "tokens": sum(e.length for e in bon_enc),

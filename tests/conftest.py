@@ -144,11 +144,9 @@ def llama3_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, embedded_back
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip, by marker, what this machine cannot run: CUDA tests without a GPU, vLLM tests without vLLM,
     data tests without ../shared/data."""
-    import importlib.util
 
     reasons = {
         "cuda": None if torch.cuda.is_available() else "needs a CUDA GPU",
-        "vllm": None if importlib.util.find_spec("vllm") else "needs vLLM installed",
         "data": None if SHARED_DATA.is_dir() else f"needs {SHARED_DATA}",
     }
     for item in items:

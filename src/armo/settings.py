@@ -10,19 +10,29 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from armo.model_store.store import BUNDLED_ROOT, DEFAULT_ALIAS, DEFAULT_MODEL
+
+if TYPE_CHECKING:  # the parts import torch; settings stay importable without it
+    from armo.model_store.reward_model import ScoringConfig
+    from armo.service.batcher import BatcherConfig
+    from armo.service.scoring import Limits
 
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="ARMO_", env_file=".env", env_file_encoding="utf-8", extra="ignore", validate_default=True
+        env_prefix="ARMO_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+        populate_by_name=True,
     )
 
     # -- what to serve --------------------------------------------------------------------------------------
@@ -51,14 +61,27 @@ class Settings(BaseSettings):
     )
     torch_threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads; default: torch's choice.")
 
-    # -- micro-batcher --------------------------------------------------------------------------------------
-    max_batch_size: int = Field(default=32, ge=1, description="Most items the batcher merges into one batch.")
-    max_batch_tokens: int = Field(default=8192, ge=16, description="Token budget of one merged batch (sum of lengths).")
-    forward_batch_tokens: int = Field(
+    # -- micro-batcher: requests merged into one worker batch ------------------------------------------------
+    max_batch_items: int = Field(
+        default=32,
+        ge=1,
+        validation_alias=AliasChoices("max_batch_items", "ARMO_MAX_BATCH_ITEMS", "ARMO_MAX_BATCH_SIZE"),
+        description="Most items the batcher merges into one worker batch (ARMO_MAX_BATCH_SIZE is read too).",
+    )
+    max_batch_tokens: int = Field(
+        default=8192, ge=16, description="Real tokens the batcher merges into one worker batch (sum of lengths)."
+    )
+    # -- forward passes: a worker batch cut into passes ------------------------------------------------------
+    max_pass_tokens: int = Field(
         default=1024,
         ge=16,
-        description="Tokens per forward pass inside a batch: real tokens when packed, rows × longest when padded. "
-        "~1024 is fastest on a CPU (docs/BENCHMARKS.md); use 8k-16k on a GPU.",
+        validation_alias=AliasChoices("max_pass_tokens", "ARMO_MAX_PASS_TOKENS", "ARMO_FORWARD_BATCH_TOKENS"),
+        description="Tokens per forward pass: real tokens when packed, rows × longest when padded. ~1024 is "
+        "fastest on a CPU (docs/BENCHMARKS.md); use 8k-16k on a GPU (ARMO_FORWARD_BATCH_TOKENS is read too).",
+    )
+    max_pass_rows: int = Field(default=64, ge=1, description="Most sequences (outputs) per forward pass.")
+    padding_side: Literal["left", "right"] = Field(
+        default="right", description="Padding side of padded passes (scores do not depend on it)."
     )
     max_wait_ms: float = Field(
         default=5.0, ge=0, description="How long the first request of a batch waits for company."
@@ -139,6 +162,41 @@ class Settings(BaseSettings):
         if self.quantize != "none" and self.device != "cpu":
             raise ValueError(f"ARMO_QUANTIZE={self.quantize} runs on the CPU only (ARMO_DEVICE={self.device})")
         return self
+
+    # -- the configs of the parts, built here so that no other place holds a default -----------------------
+    def scoring_config(self, manifest_max_length: int) -> ScoringConfig:
+        """How a loaded model encodes and runs sequences: at most the manifest's max_length tokens each."""
+        from armo.model_store.encoding import Truncation
+        from armo.model_store.forward import PassBudget
+        from armo.model_store.reward_model import ScoringConfig
+
+        limit = manifest_max_length if self.max_tokens is None else min(manifest_max_length, self.max_tokens)
+        return ScoringConfig(
+            truncation=Truncation(max_length=limit),
+            forward=PassBudget(tokens=self.max_pass_tokens, rows=self.max_pass_rows),
+            padding_side=self.padding_side,
+        )
+
+    def batcher_config(self) -> BatcherConfig:
+        from armo.service.batcher import BatcherConfig
+
+        return BatcherConfig(
+            max_items=self.max_batch_items,
+            max_tokens=self.max_batch_tokens,
+            max_wait_s=self.max_wait_ms / 1000.0,
+            max_queue=self.max_queue,
+            retry_after_s=self.retry_after_s,
+        )
+
+    def limits(self) -> Limits:
+        from armo.service.scoring import Limits
+
+        return Limits(
+            max_items=self.max_items,
+            max_chars=self.max_chars,
+            request_timeout_s=self.request_timeout_s,
+            top_contributors=self.top_contributors,
+        )
 
     def api_key_values(self) -> list[str]:
         return [k.get_secret_value() for k in self.api_keys]

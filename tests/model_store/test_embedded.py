@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from armo.model_store.backbone import EMBEDDED_ID, Backbone, embedded_gguf_path
-from armo.model_store.features import encode, extract
+from armo.model_store.encoding import Truncation, encode
+from armo.model_store.forward import run_padded
 
 MESSAGES = [{"role": "user", "content": "Give me one tip for sleeping better."}]
 RESPONSE = "Keep a regular schedule: go to bed and wake up at the same time every day."
@@ -20,10 +21,11 @@ RESPONSE = "Keep a regular schedule: go to bed and wake up at the same time ever
 _SCRIPT = """
 import json, sys, torch
 from armo.model_store.backbone import load_backbone
-from armo.model_store.features import encode, extract
+from armo.model_store.encoding import Truncation, encode
+from armo.model_store.forward import run_padded
 b = load_backbone("embedded")
-e = encode(b.tokenizer, json.loads(sys.argv[1]), sys.argv[2], max_length=512)
-f = extract(b, [e])
+e = encode(b.tokenizer, json.loads(sys.argv[1]), sys.argv[2], Truncation(512))
+f = run_padded(b, [e])
 converted = next(iter(__import__("pathlib").Path(sys.argv[3]).iterdir()))
 print(json.dumps({"ids": list(e.input_ids), "h": f.response[0].tolist(), "p": f.prompt[0].tolist(),
                   "files": sorted(p.name for p in converted.iterdir())}))
@@ -53,8 +55,8 @@ def test_embedded_converts_offline_and_features_are_deterministic(embedded_backb
     )
     fresh = json.loads(out.stdout.strip().splitlines()[-1])
     assert "model.safetensors" in fresh["files"] and "config.json" in fresh["files"]
-    e = encode(embedded_backbone.tokenizer, MESSAGES, RESPONSE, max_length=512)
-    first, second = extract(embedded_backbone, [e]), extract(embedded_backbone, [e])
+    e = encode(embedded_backbone.tokenizer, MESSAGES, RESPONSE, Truncation(512))
+    first, second = run_padded(embedded_backbone, [e]), run_padded(embedded_backbone, [e])
     assert torch.equal(first.response, second.response) and torch.equal(first.prompt, second.prompt)
     assert fresh["ids"] == list(e.input_ids)
     assert torch.equal(torch.tensor(fresh["h"]), first.response[0])

@@ -109,7 +109,7 @@ def test_mask_switches_objectives_off_and_keeps_total_weight(rm: RewardModel) ->
 )
 def test_bad_steering_is_an_input_error(rm: RewardModel, steering: Steering, field: str, match: str) -> None:
     with pytest.raises(InputError, match=match) as info:
-        rm.prepare(ITEMS[0], steering=steering)
+        rm.steer(steering)
     assert info.value.field == field
 
 

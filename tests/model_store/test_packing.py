@@ -10,7 +10,8 @@ from transformers import MistralConfig, MistralModel
 
 from armo.model_store import packing
 from armo.model_store.backbone import Backbone, load_backbone
-from armo.model_store.features import SharedPrompt, encode, extract, extract_packed
+from armo.model_store.encoding import Truncation, encode
+from armo.model_store.forward import PassBudget, SharedPrompt, run_packed, run_padded
 
 USER = {"role": "user", "content": "What is the capital of France?"}
 
@@ -40,7 +41,7 @@ def test_passes_respect_budget_and_rows_but_never_split_a_unit() -> None:
 
 
 def _group(backbone: Backbone, responses: list[str]) -> tuple[SharedPrompt, list]:  # type: ignore[type-arg]
-    enc = [encode(backbone.tokenizer, [USER], r, max_length=512) for r in responses]
+    enc = [encode(backbone.tokenizer, [USER], r, Truncation(512)) for r in responses]
     p = enc[0].prefix_length
     return SharedPrompt(enc[0].input_ids[:p], enc[0].prompt_index, tuple(e.input_ids[p:] for e in enc)), enc
 
@@ -51,13 +52,13 @@ def test_children_never_see_their_siblings_or_other_units(tiny_backbone: Backbon
     assert len(with_b.suffixes[0]) < len(with_b.prompt_ids) < len(with_b.suffixes[1])
     with_c, _ = _group(tiny_backbone, ["Paris.", "Marseille"])
     other, _ = _group(tiny_backbone, ["Bordeaux, obviously.", "Nice"])
-    a = extract_packed(tiny_backbone, [with_b, other])
-    b = extract_packed(tiny_backbone, [other, with_c])
+    a = run_packed(tiny_backbone, [with_b, other], PassBudget(1024, 64))
+    b = run_packed(tiny_backbone, [other, with_c], PassBudget(1024, 64))
     # "Paris." is row 0 in the first pass and row 2 in the second: same keys seen, same feature
     for f in ("response", "prompt", "response_mean"):
         assert torch.allclose(getattr(a, f)[0], getattr(b, f)[2], atol=1e-6)
     assert not torch.allclose(a.response[0], a.response[1], atol=1e-3)  # rows differ: not vacuous
-    alone = extract(tiny_backbone, [enc[1]])
+    alone = run_padded(tiny_backbone, [enc[1]])
     assert torch.allclose(a.response[1], alone.response[0], atol=1e-5)
     assert torch.allclose(a.response_mean[1], alone.response_mean[0], atol=1e-5)
 
@@ -97,10 +98,10 @@ def test_segment_attention_without_a_plan_is_plain_sdpa(tiny_backbone: Backbone)
 
 @pytest.mark.parametrize("budget", [16, 4096])
 def test_packed_unshared_sequences_match_single_passes(tiny_backbone: Backbone, budget: int) -> None:
-    enc = [encode(tiny_backbone.tokenizer, [USER], r, max_length=512) for r in ("Paris.", "It is Paris. " * 5, "Lyon")]
+    enc = [encode(tiny_backbone.tokenizer, [USER], r, Truncation(512)) for r in ("Paris.", "It is Paris. " * 5, "Lyon")]
     wholes = [SharedPrompt(e.input_ids, e.prompt_index, ()) for e in enc]
-    packed = extract_packed(tiny_backbone, wholes, max_batch_tokens=budget)
+    packed = run_packed(tiny_backbone, wholes, PassBudget(budget, 64))
     for i, e in enumerate(enc):
-        alone = extract(tiny_backbone, [e])
+        alone = run_padded(tiny_backbone, [e])
         for f in ("response", "prompt", "response_mean"):
             assert torch.allclose(getattr(packed, f)[i], getattr(alone, f)[0], atol=1e-5)

@@ -59,11 +59,11 @@ class Gate:
         self.batches: list[int] = []
         rm.forward = self  # type: ignore[method-assign]
 
-    def __call__(self, batch: Any) -> Any:
+    def __call__(self, batch: Any, steers: Any = ()) -> Any:
         self.batches.append(len(batch))
         self.entered.release()
         assert self.open.wait(30), "gate never released"
-        return self.real(batch)
+        return self.real(batch, steers)
 
     async def wait_entered(self, timeout: float = 10.0) -> None:
         ok = await asyncio.to_thread(self.entered.acquire, True, timeout)

@@ -1,4 +1,4 @@
-"""The micro-batcher under load: merging, 429 on a full queue, 504 on deadline, skipped disconnects, batch failure.
+"""The micro-batcher under load: merging, 429 on a full queue, 504 on deadline, skipped cancellations, batch failure.
 
 The forward pass is the real one; `Gate` only pauses it so that queue states are deterministic.
 """
@@ -9,15 +9,18 @@ import asyncio
 from typing import Any
 
 import pytest
+from starlette.requests import Request
 
 from armo.model_store.reward_model import ScoreItem
 from armo.model_store.store import ModelStore
+from armo.service.cancellation import unless_disconnected
 from armo.service.errors import ClientDisconnectedError, ShuttingDownError
+from armo.service.protocol import ScoreRequest
 from tests.service.conftest import AUTH, CONV, Gate, current_rm, item, make_settings, serve, services, wait_until
 
 
 async def test_concurrent_requests_are_merged_into_one_batch(tiny_store: ModelStore) -> None:
-    async with serve(make_settings(tiny_store, max_batch_size=8, max_wait_ms=50)) as (app, client):
+    async with serve(make_settings(tiny_store, max_batch_items=8, max_wait_ms=50)) as (app, client):
         gate = Gate(current_rm(app))
         try:
             first = asyncio.create_task(client.post("/v1/score", json={"items": [item("a")]}, headers=AUTH))
@@ -39,7 +42,7 @@ async def test_concurrent_requests_are_merged_into_one_batch(tiny_store: ModelSt
 
 
 async def test_full_queue_answers_429_with_retry_after(tiny_store: ModelStore) -> None:
-    settings = make_settings(tiny_store, max_queue=1, max_batch_size=1, retry_after_s=3)
+    settings = make_settings(tiny_store, max_queue=1, max_batch_items=1, retry_after_s=3)
     async with serve(settings) as (app, client):
         gate = Gate(current_rm(app))
         try:
@@ -76,8 +79,8 @@ async def test_deadline_answers_504_and_the_service_recovers(tiny_store: ModelSt
         assert (await client.post("/v1/score", json={"items": [item()]}, headers=AUTH)).status_code == 200
 
 
-async def test_disconnected_client_is_skipped(tiny_store: ModelStore) -> None:
-    """The disconnect probe is the network boundary: a client whose connection is gone gets no forward pass."""
+async def test_cancelled_request_is_skipped(tiny_store: ModelStore) -> None:
+    """A request cancelled while queued (its client left: the route cancels its work) gets no forward pass."""
     async with serve(make_settings(tiny_store)) as (app, _):
         rm = current_rm(app)
         batcher = services(app).batcher
@@ -85,39 +88,60 @@ async def test_disconnected_client_is_skipped(tiny_store: ModelStore) -> None:
         try:
             blocker = asyncio.create_task(batcher.submit(rm, [rm.prepare(ScoreItem(CONV, "a"))], timeout=10))
             await gate.wait_entered()
-
-            async def gone() -> bool:
-                return True
-
-            async def here() -> bool:
-                return False
-
-            left = asyncio.create_task(
-                batcher.submit(rm, [rm.prepare(ScoreItem(CONV, "b"))], timeout=10, disconnected=gone)
-            )
-            stays = asyncio.create_task(
-                batcher.submit(rm, [rm.prepare(ScoreItem(CONV, "c"))], timeout=10, disconnected=here)
-            )
+            left = asyncio.create_task(batcher.submit(rm, [rm.prepare(ScoreItem(CONV, "b"))], timeout=10))
+            stays = asyncio.create_task(batcher.submit(rm, [rm.prepare(ScoreItem(CONV, "c"))], timeout=10))
             await wait_until(lambda: batcher.depth == 2)
+            left.cancel()
             gate.release()
             await blocker
             results = await asyncio.gather(left, stays, return_exceptions=True)
         finally:
             gate.restore()
-        assert isinstance(results[0], ClientDisconnectedError)
+        assert isinstance(results[0], asyncio.CancelledError)
         assert not isinstance(results[1], BaseException)
         assert gate.batches == [1, 1]  # only the connected client's item ran
 
 
+async def test_client_leaving_cancels_its_work(tiny_store: ModelStore) -> None:
+    """The route's work is cancelled when the server reports a disconnect; the request never reaches a pass."""
+    async with serve(make_settings(tiny_store)) as (app, _):
+        rm = current_rm(app)
+        s = services(app)
+        gate = Gate(rm)
+        try:
+            blocker = asyncio.create_task(s.batcher.submit(rm, [rm.prepare(ScoreItem(CONV, "a"))], timeout=10))
+            await gate.wait_entered()
+            gone = asyncio.Event()
+
+            async def receive() -> dict[str, object]:  # the server's side of the connection (a network boundary)
+                await gone.wait()
+                return {"type": "http.disconnect"}
+
+            request = Request({"type": "http", "method": "POST", "headers": []}, receive)
+            work = s.scorer.score(ScoreRequest.model_validate({"items": [{"prompt": "Hi", "response": "Hello"}]}))
+            route = asyncio.create_task(unless_disconnected(request, work, s.metrics))
+            await wait_until(lambda: s.batcher.depth == 1)
+            gone.set()
+            with pytest.raises(ClientDisconnectedError):
+                await route
+            gate.release()
+            await blocker
+            await asyncio.sleep(0.05)
+        finally:
+            gate.restore()
+        assert gate.batches == [1]  # the abandoned request was skipped
+        assert s.metrics.registry.get_sample_value("armo_disconnected_total") == 1
+
+
 async def test_batch_failure_fails_only_its_requests(tiny_store: ModelStore) -> None:
-    async with serve(make_settings(tiny_store, max_batch_size=1)) as (app, client):
+    async with serve(make_settings(tiny_store, max_batch_items=1)) as (app, client):
         rm = current_rm(app)
         real = rm.forward
 
-        def poisoned(batch: Any) -> Any:  # a fault inside the worker thread for one specific input
+        def poisoned(batch: Any, steers: Any = ()) -> Any:  # a fault inside the worker thread for one input
             if any(p.item.response == "poison" for p in batch):
                 raise RuntimeError("simulated device fault")
-            return real(batch)
+            return real(batch, steers)
 
         rm.forward = poisoned  # type: ignore[method-assign]
         try:

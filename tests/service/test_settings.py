@@ -18,6 +18,20 @@ def test_defaults_serve_the_bundled_model(monkeypatch: pytest.MonkeyPatch) -> No
     assert s.api_keys == [] and s.admin_key is None
 
 
+def test_settings_build_every_part_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parts' configs have no defaults of their own: what they hold comes from Settings (and its variables)."""
+    monkeypatch.setenv("ARMO_MAX_BATCH_ITEMS", "5")
+    monkeypatch.setenv("ARMO_MAX_PASS_TOKENS", "777")
+    monkeypatch.setenv("ARMO_MAX_TOKENS", "300")
+    monkeypatch.setenv("ARMO_MAX_WAIT_MS", "20")
+    s = Settings()
+    batcher, limits, scoring = s.batcher_config(), s.limits(), s.scoring_config(2048)
+    assert (batcher.max_items, batcher.max_tokens, batcher.max_wait_s) == (5, s.max_batch_tokens, 0.02)
+    assert (limits.max_items, limits.request_timeout_s) == (s.max_items, s.request_timeout_s)
+    assert (scoring.forward.tokens, scoring.forward.rows, scoring.max_length) == (777, s.max_pass_rows, 300)
+    assert s.scoring_config(256).max_length == 256  # never above the manifest's max_length
+
+
 def test_environment_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ARMO_API_KEYS", "first-key-123, second-key-456")
     monkeypatch.setenv("ARMO_ADMIN_KEY", "admin-key-789")
@@ -25,7 +39,7 @@ def test_environment_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ARMO_WATCH_INTERVAL_S", "0")
     s = Settings()
     assert s.api_key_values() == ["first-key-123", "second-key-456"]
-    assert s.max_batch_size == 7 and s.watch_interval_s == 0
+    assert s.max_batch_items == 7 and s.watch_interval_s == 0  # the variable's earlier name is still read
     assert "admin-key-789" not in repr(s) and "first-key-123" not in repr(s)  # secrets stay hidden
     monkeypatch.setenv("ARMO_API_KEYS", '["json-key-0001"]')
     assert Settings().api_key_values() == ["json-key-0001"]

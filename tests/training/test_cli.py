@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from armo.cli import app
 from armo.training.config import TrainConfig
-from armo.training.pipeline import SUMMARY_KEYS
+from armo.training.metrics import SUMMARY_KEYS
 
 
 def test_train_run_then_eval(tiny_config: TrainConfig, tmp_path: Path) -> None:
@@ -18,11 +18,13 @@ def test_train_run_then_eval(tiny_config: TrainConfig, tmp_path: Path) -> None:
     cfg_path.write_text(json.dumps(tiny_config.to_dict()))
     runner = CliRunner()
     res = runner.invoke(
-        app, ["train", "run", "--config", str(cfg_path), "--set", "gating.max_epochs=2", "--name", "cli"]
+        app, ["train", "run", "--config", str(cfg_path), "--set", "gating.max_epochs=2", "--name", "cli", "--publish"]
     )
     assert res.exit_code == 0, res.output
+    assert f"published: {tiny_config.name}/{tiny_config.version} in {tiny_config.store}" in res.output
     saved = json.loads((Path(tiny_config.out_dir) / "cli" / "result.json").read_text())
     assert saved["command"].startswith("armo ") and saved["config"]["gating"]["max_epochs"] == 2
+    assert not tiny_config.publish and saved["config"]["publish"]  # the flag, recorded with the run
     out = tmp_path / "eval"
     res = runner.invoke(
         app,

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from armo.model_store.backbone import Backbone
-from armo.model_store.features import encode, extract
+from armo.model_store.encoding import Truncation, encode
+from armo.model_store.forward import run_padded
 from armo.training.extract import ExtractConfig, Item, _batches, encode_group, forward_groups, run_extraction
 
 CONVS = [
@@ -28,19 +29,19 @@ RESPONSES = [["Fine, thanks.", "I am well, and you? " * 3], ["Arithmetic.", "Bec
 @pytest.mark.parametrize("backbone_name", ["tiny_backbone", "tiny_padded_backbone"])
 def test_shared_prompt_equals_single_pass(request: pytest.FixtureRequest, backbone_name: str) -> None:
     backbone: Backbone = request.getfixturevalue(backbone_name)
-    cfg = ExtractConfig(max_length=512)
+    cfg = ExtractConfig(Truncation(512))
     groups = [encode_group(backbone, m, r, cfg) for m, r in zip(CONVS, RESPONSES, strict=True)]
     feats = forward_groups(backbone, groups)
     flat = [
-        encode(backbone.tokenizer, m, x, max_length=512) for m, rs in zip(CONVS, RESPONSES, strict=True) for x in rs
+        encode(backbone.tokenizer, m, x, Truncation(512)) for m, rs in zip(CONVS, RESPONSES, strict=True) for x in rs
     ]
-    ref = extract(backbone, flat)
+    ref = run_padded(backbone, flat)
     for f in ("prompt", "response", "response_mean"):
         assert torch.allclose(getattr(feats, f), getattr(ref, f), atol=1e-4)
 
 
 def test_batches_count_real_tokens_when_packed_and_padded_ones_otherwise(tiny_backbone: Backbone) -> None:
-    cfg = ExtractConfig(max_length=512)
+    cfg = ExtractConfig(Truncation(512))
     groups = [encode_group(tiny_backbone, m, r, cfg) for m, r in zip(CONVS, RESPONSES, strict=True)]
     real = [len(g.prompt_ids) + sum(map(len, g.suffixes)) for g in groups]
     assert [sorted(b) for b in _batches(groups, sum(real), packed=True)] == [[0, 1, 2]]  # all fit in real tokens
@@ -54,7 +55,7 @@ def test_length_cap_keeps_boundary_and_end_of_turn(tiny_backbone: Backbone) -> N
     responses = ["short answer", "long answer " * 100]
     cfg = ExtractConfig(max_length=96, min_prompt_tokens=32)
     g = encode_group(tiny_backbone, messages, responses, cfg)
-    full = [encode(tok, messages, r, max_length=1 << 20) for r in responses]
+    full = [encode(tok, messages, r, Truncation(1 << 20)) for r in responses]
     assert all(len(g.prompt_ids) + len(s) <= 96 for s in g.suffixes)
     assert len(g.prompt_ids) == 32 and g.truncated == (True, True)
     assert g.prompt_ids[0] == full[0].input_ids[0]  # BOS (or first template token) kept
@@ -64,8 +65,8 @@ def test_length_cap_keeps_boundary_and_end_of_turn(tiny_backbone: Backbone) -> N
 
 
 def test_no_truncation_under_the_cap(tiny_backbone: Backbone) -> None:
-    g = encode_group(tiny_backbone, CONVS[0], RESPONSES[0], ExtractConfig(max_length=512))
-    full = encode(tiny_backbone.tokenizer, CONVS[0], RESPONSES[0][1], max_length=512)
+    g = encode_group(tiny_backbone, CONVS[0], RESPONSES[0], ExtractConfig(Truncation(512)))
+    full = encode(tiny_backbone.tokenizer, CONVS[0], RESPONSES[0][1], Truncation(512))
     assert g.truncated == (False, False)
     assert g.prompt_ids + g.suffixes[1] == full.input_ids
     assert g.prompt_index == full.prompt_index
@@ -96,8 +97,8 @@ def test_resumes_after_interruption(tiny_backbone: Backbone, tmp_path: Path) -> 
     assert torch.allclose(table.response, fresh.response, atol=1e-5)
     assert torch.allclose(table.prompt, fresh.prompt, atol=1e-5)
     # items come back in input order: compare with a direct single-pass extraction
-    enc = [encode(tiny_backbone.tokenizer, it.messages, it.response, max_length=128) for it in items]
-    ref = extract(tiny_backbone, enc)
+    enc = [encode(tiny_backbone.tokenizer, it.messages, it.response, Truncation(128)) for it in items]
+    ref = run_padded(tiny_backbone, enc)
     assert torch.allclose(table.response, ref.response, atol=1e-4)
     assert torch.allclose(table.pooled("mean"), ref.response_mean, atol=1e-4)
     assert torch.allclose(table.features(torch.arange(2, 5)).response_mean, ref.response_mean[2:5], atol=1e-4)
@@ -106,9 +107,9 @@ def test_resumes_after_interruption(tiny_backbone: Backbone, tmp_path: Path) -> 
 def test_cache_key_changes_with_cap(tiny_backbone: Backbone, tmp_path: Path) -> None:
     items = _items()[:3]
     run_extraction(
-        tiny_backbone, items, name="t", cache_root=tmp_path, cfg=ExtractConfig(max_length=128), progress=False
+        tiny_backbone, items, name="t", cache_root=tmp_path, cfg=ExtractConfig(Truncation(128)), progress=False
     )
     run_extraction(
-        tiny_backbone, items, name="t", cache_root=tmp_path, cfg=ExtractConfig(max_length=64), progress=False
+        tiny_backbone, items, name="t", cache_root=tmp_path, cfg=ExtractConfig(Truncation(64)), progress=False
     )
     assert len(list(tmp_path.iterdir())) == 2

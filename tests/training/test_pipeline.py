@@ -4,6 +4,7 @@ then the published artifact scores through the serving code path exactly as the 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,15 +16,10 @@ from armo.model_store.backbone import load_backbone
 from armo.model_store.reward_model import RewardModel, ScoreItem
 from armo.model_store.store import ModelStore
 from armo.training.config import TrainConfig
-from armo.training.pipeline import (
-    SUMMARY_KEYS,
-    fit_objectives,
-    load_features,
-    pair_accuracy,
-    run,
-    sweep,
-    validation_accuracy,
-)
+from armo.training.featurize import load_features
+from armo.training.metrics import SUMMARY_KEYS, pair_accuracy, validation_accuracy
+from armo.training.objective_set import fit_objectives
+from armo.training.pipeline import run, sweep
 from armo.training.prepare import Dataset
 from armo.training.rewardbench import SECTIONS
 
@@ -31,6 +27,7 @@ from armo.training.rewardbench import SECTIONS
 @pytest.mark.parametrize("pooling", ["last", "mean"])
 def test_pipeline_end_to_end(tiny_config: TrainConfig, pooling: str) -> None:
     tiny_config.pooling = pooling  # type: ignore[assignment]
+    tiny_config.publish = True
     result = run(tiny_config, "e2e")
     m = result.manifest
     assert m.pooling == pooling
@@ -101,11 +98,11 @@ def _eval_items(cfg: TrainConfig) -> list:  # type: ignore[type-arg]
 def test_ablations_run(tiny_config: TrainConfig, overrides: dict[str, object]) -> None:
     for key, value in overrides.items():
         section, attr = key.split(".")
-        setattr(getattr(tiny_config, section), attr, value)
-    tiny_config.publish = False
+        setattr(tiny_config, section, dataclasses.replace(getattr(tiny_config, section), **{attr: value}))
     tiny_config.plots = False
     result = run(tiny_config, "ablation")
     assert result.manifest.metrics["rewardbench"]["four_section_mean"] is not None
+    assert not Path(tiny_config.store).exists()  # publishing is opt-in
     if overrides.get("objectives.blackbox"):
         assert result.manifest.objective_names == ["preference"]
 
@@ -138,13 +135,12 @@ def test_compare_scores_published_versions_on_one_validation_split(tiny_config: 
     """Two artifacts trained on different samples, side by side on the larger sample's validation pairs."""
     small = copy.deepcopy(tiny_config)
     small.data.extensions = []
-    small.version, small.plots, small.fast_eval = "t0", False, True
+    small.version, small.plots, small.fast_eval, small.publish = "t0", False, True, True
     run(small, "small")
-    tiny_config.plots = False
+    tiny_config.plots, tiny_config.publish = False, True
     run(tiny_config, "large")
     results = validation_accuracy(tiny_config, ["t0", "t1"], Path(tiny_config.store))
     assert set(results) == {"t0", "t1"}
-    from armo.training.pipeline import load_features
     from armo.training.prepare import pair_group
 
     f = load_features(tiny_config, None, with_eval=False)

@@ -10,8 +10,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +19,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from armo.model_store import atomic
 from armo.model_store.errors import ArtifactError
-from armo.model_store.manifest import BackboneRef, fsync_path, sha256_file
+from armo.model_store.manifest import BackboneRef, sha256_file
 from armo.model_store.packing import enable
 from armo.model_store.quant import calibrate, calibration_batches, quantize_linears
 
@@ -100,24 +99,20 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     """
     log.info("converting %s to fp32 safetensors in %s (once; ~30 s)", gguf.name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModel.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         model.config.save_pretrained(tmp)
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp)
-        for f in tmp.iterdir():
-            fsync_path(f)
-        fsync_path(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "model.safetensors").is_file():  # lost a race to a concurrent converter: fine
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    try:
+        atomic.write_dir(target, fill)
+    except FileExistsError:
+        if not (target / "model.safetensors").is_file():  # lost a race to a concurrent converter: fine
+            raise
 
 
 def local_revision(directory: Path) -> str:

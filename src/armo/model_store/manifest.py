@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +17,7 @@ MANIFEST_FILE = "manifest.json"
 HEADS_FILE = "heads.safetensors"
 
 ObjectiveKind = Literal["regression", "pairwise", "rule"]
-Pooling = Literal["last", "mean"]  # the response feature the heads read (armo.model_store.features)
+Pooling = Literal["last", "mean"]  # the response feature the heads read (armo.model_store.forward)
 
 
 class _Strict(BaseModel):
@@ -96,12 +95,3 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file or a directory (a directory's entry list must be synced for a rename to be durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

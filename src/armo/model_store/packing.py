@@ -7,7 +7,7 @@ its siblings or to other units. Position ids restart at the root's length for ev
 exactly the positions and keys it would see at the end of its own full sequence.
 
 Why: on this CPU padding costs full compute, and a padded pair batch spent more on padding (and on masked attention
-over a cached prompt) than sharing the prompt saved (docs/BENCHMARKS.md, lessons 10 and 12). Packed, the Linear
+over a cached prompt) than sharing the prompt saved (measured in docs/BENCHMARKS.md). Packed, the Linear
 layers — ~90 % of the FLOPs — run on real tokens only, in passes as large as the budget, and the prompt runs once.
 
 The Linear layers see one [1, N, d] row, so nothing but attention changes. Attention goes through transformers'
@@ -27,6 +27,8 @@ from torch.nn.functional import scaled_dot_product_attention
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from armo.model_store.batching import Budget, Piece, cut
 
 ATTENTION = "armo_segments"
 PLAN_KWARG = "armo_plan"  # the model forward passes unknown keyword arguments down to the attention function
@@ -180,16 +182,5 @@ def passes(units: Sequence[Unit], max_tokens: int, max_rows: int) -> list[list[i
     """Consecutive units cut into passes of at most `max_tokens` real tokens and `max_rows` outputs. A unit is
     never split (its prompt would run twice), so one prompt with many responses may make a pass on its own that
     is larger than the budget; memory grows linearly with a pass, as attention never spans more than one unit."""
-    out: list[list[int]] = []
-    cur: list[int] = []
-    tokens = rows = 0
-    for i, u in enumerate(units):
-        t, r = u.tokens, max(1, len(u.children))
-        if cur and (tokens + t > max_tokens or rows + r > max_rows):
-            out.append(cur)
-            cur, tokens, rows = [], 0, 0
-        cur.append(i)
-        tokens, rows = tokens + t, rows + r
-    if cur:
-        out.append(cur)
-    return out
+    pieces = [Piece(u.tokens, max(1, len(u.children))) for u in units]
+    return cut(pieces, Budget(max_tokens, max_rows), padded=False)

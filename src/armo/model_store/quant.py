@@ -33,7 +33,7 @@ CALIBRATION = Path(__file__).with_name("calibration.json")
 SCHEME = "w8-channel.a8-token.smooth0.5.shared-qkv"
 # Traced shared-input groups that are actually fused: only attention's q/k/v. There the one quantise pass saved is a
 # large share of three small products (1.9 -> 2.5 x fp32); for gate/up it saves almost nothing (2.79 -> 2.84 x),
-# and sharing both cost 4.8 RewardBench points on the fast sample (docs/BENCHMARKS.md, lesson 8).
+# and sharing both cost 4.8 RewardBench points on the fast sample (measured in docs/BENCHMARKS.md).
 SHARED_INPUT = ("q_proj", "k_proj", "v_proj")
 SMOOTH_ALPHA = 0.5  # SmoothQuant's default migration strength; 0.3 and 0.7 agreed less with fp32 on validation pairs
 

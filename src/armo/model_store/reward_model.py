@@ -7,15 +7,16 @@ batcher knows each item's token count) and `forward` in a worker thread on merge
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
 from armo.model_store import rules
 from armo.model_store.backbone import Backbone
+from armo.model_store.encoding import Encoded, Message, Truncation, encode
 from armo.model_store.errors import ArtifactError, InputError
-from armo.model_store.features import Encoded, Features, Message, PaddingSide, encode, extract_many
+from armo.model_store.forward import Features, PaddingSide, PassBudget, item_features
 from armo.model_store.heads import ArmoHead, Explanation
 from armo.model_store.manifest import Manifest
 
@@ -35,10 +36,27 @@ class Steering:
 
 
 @dataclass(frozen=True)
+class Steer:
+    """A validated `Steering` as vectors over this model's objectives, made once per request."""
+
+    weights: Tensor | None  # [k] replaces the gating output
+    keep: Tensor | None  # [k] 1.0 for objectives kept, 0.0 for masked ones
+
+    def apply(self, g: Tensor) -> Tensor:  # [k] -> [k]
+        """Masked objectives get weight 0 and the rest is rescaled so the total weight (β) is unchanged."""
+        if self.weights is not None:
+            g = self.weights.to(g)
+        if self.keep is not None:
+            kept = g * self.keep.to(g)
+            total = kept.sum()
+            g = kept * (g.sum() / total) if total > 0 else kept
+        return g
+
+
+@dataclass(frozen=True)
 class Prepared:
     item: ScoreItem
     encoded: Encoded
-    steering: Steering | None = None
 
     @property
     def tokens(self) -> int:
@@ -59,12 +77,15 @@ class ItemResult:
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    max_length: int = 2048
-    # Padded tokens per forward pass. On this CPU ~1024 is fastest: larger padded batches pay for masked
-    # attention over [B, heads, T, T] (measured in docs/BENCHMARKS.md); on a GPU use 8k-16k.
-    max_batch_tokens: int = 1024
-    max_batch_size: int = 64
-    padding_side: PaddingSide = "right"
+    """How sequences are fitted and run. No defaults here: `Settings.scoring_config` builds it."""
+
+    truncation: Truncation
+    forward: PassBudget
+    padding_side: PaddingSide
+
+    @property
+    def max_length(self) -> int:
+        return self.truncation.max_length
 
 
 def check_compatible(manifest: Manifest, backbone: Backbone) -> None:
@@ -92,7 +113,11 @@ class RewardModel:
         self.backbone = backbone
         self.head = head.to(backbone.device).eval()
         self.manifest = manifest
-        self.config = config or ScoringConfig(max_length=manifest.backbone.max_length)
+        if config is None:
+            from armo.settings import Settings  # the one source of defaults (no environment read here)
+
+            config = Settings.model_construct().scoring_config(manifest.backbone.max_length)
+        self.config = config
         self.objectives = manifest.objective_names
         self._index = {name: i for i, name in enumerate(self.objectives)}
         self._rules = [
@@ -111,9 +136,8 @@ class RewardModel:
         return self.manifest.version
 
     # -- request path -------------------------------------------------------------------------------------
-    def validate_steering(self, steering: Steering | None) -> None:
-        if steering is None:
-            return
+    def steer(self, steering: Steering) -> Steer:
+        """Validate a request's steering once (InputError naming `weights` or `mask`) and compile it."""
         names = list(steering.weights or {}) + list(steering.mask)
         unknown = [n for n in names if n not in self._index]
         if unknown:
@@ -121,28 +145,32 @@ class RewardModel:
                 f"unknown objective(s) {', '.join(sorted(set(unknown)))}; known: {', '.join(self.objectives)}",
                 field="weights" if steering.weights and set(unknown) & set(steering.weights) else "mask",
             )
+        weights = None
         if steering.weights is not None:
             bad = [n for n, w in steering.weights.items() if not w >= 0.0 or w == float("inf")]
             if bad:
                 raise InputError(f"weights must be finite and non-negative: {', '.join(bad)}", field="weights")
             if not any(w > 0 for w in steering.weights.values()):
                 raise InputError("at least one weight must be positive", field="weights")
+            weights = torch.zeros(len(self.objectives))
+            for name, value in steering.weights.items():
+                weights[self._index[name]] = float(value)
+        keep = None
+        if steering.mask:
+            keep = torch.ones(len(self.objectives))
+            keep[[self._index[n] for n in steering.mask]] = 0.0
+        return Steer(weights, keep)
 
-    def prepare(self, item: ScoreItem, *, truncate: bool = True, steering: Steering | None = None) -> Prepared:
-        self.validate_steering(steering)
-        enc = encode(
-            self.backbone.tokenizer, item.messages, item.response, max_length=self.config.max_length, truncate=truncate
-        )
-        return Prepared(item, enc, steering)
+    def prepare(self, item: ScoreItem, *, truncate: bool = True) -> Prepared:
+        policy = self.config.truncation
+        if not truncate:
+            policy = replace(policy, enabled=False)
+        return Prepared(item, encode(self.backbone.tokenizer, item.messages, item.response, policy))
 
     # -- worker path --------------------------------------------------------------------------------------
     def features(self, batch: Sequence[Prepared]) -> Features:
-        return extract_many(
-            self.backbone,
-            [p.encoded for p in batch],
-            max_batch_tokens=self.config.max_batch_tokens,
-            max_batch_size=self.config.max_batch_size,
-            padding_side=self.config.padding_side,
+        return item_features(
+            self.backbone, [p.encoded for p in batch], self.config.forward, padding_side=self.config.padding_side
         )
 
     def rule_values(self, batch: Sequence[Prepared]) -> Tensor | None:
@@ -156,37 +184,19 @@ class RewardModel:
                 values[row, col] = (rules.evaluate(name, x) - offset) / scale
         return values
 
-    def _steered_weights(self, batch: Sequence[Prepared], gating: Tensor) -> Tensor:
-        """Replace the gating rows of steered items. Masked objectives get weight 0 and the rest is rescaled
-        so the total weight (β) is unchanged; explicit weights are used as given."""
-        g = gating.clone()
-        for row, p in enumerate(batch):
-            s = p.steering
-            if s is None:
-                continue
-            if s.weights is not None:
-                w = torch.zeros(len(self.objectives))
-                for name, value in s.weights.items():
-                    w[self._index[name]] = float(value)
-                g[row] = w.to(g)
-            if s.mask:
-                total = g[row].sum()
-                for name in s.mask:
-                    g[row, self._index[name]] = 0.0
-                kept = g[row].sum()
-                if kept > 0:
-                    g[row] *= total / kept
-        return g
-
     @torch.inference_mode()
-    def forward_features(self, batch: Sequence[Prepared], feats: Features) -> Explanation:
+    def forward_features(
+        self, batch: Sequence[Prepared], feats: Features, steers: Sequence[Steer | None] = ()
+    ) -> Explanation:
+        """Scores and explanations of a batch. `steers`: per row (empty: none steered)."""
         device = self.backbone.device
         h, p = feats.pooled(self.manifest.pooling).to(device), feats.prompt.to(device)
         rv = self.rule_values(batch)
         rv = rv.to(device) if rv is not None else None
-        gating = self.head.gating(self.head.gating_input(p, h))
-        weights = self._steered_weights(batch, gating) if any(x.steering for x in batch) else None
-        ex = self.head.explain(h, p, rv, weights=weights)
+        g = self.head.gating(self.head.gating_input(p, h))  # [B, k], computed once
+        if any(steers):
+            g = torch.stack([s.apply(row) if s is not None else row for row, s in zip(g, steers, strict=True)])
+        ex = self.head.explain(h, p, rv, weights=g)
         return Explanation(
             *(
                 t.float().cpu()
@@ -194,8 +204,8 @@ class RewardModel:
             )
         )
 
-    def forward(self, batch: Sequence[Prepared]) -> Explanation:
-        return self.forward_features(batch, self.features(batch))
+    def forward(self, batch: Sequence[Prepared], steers: Sequence[Steer | None] = ()) -> Explanation:
+        return self.forward_features(batch, self.features(batch), steers)
 
     def results(self, batch: Sequence[Prepared], ex: Explanation, *, detail: bool = True) -> list[ItemResult]:
         out = []
@@ -220,5 +230,6 @@ class RewardModel:
         detail: bool = False,
     ) -> list[ItemResult]:
         """Convenience for in-process callers (training, evaluation, benchmarks)."""
-        batch = [self.prepare(it, truncate=truncate, steering=steering) for it in items]
-        return self.results(batch, self.forward(batch), detail=detail)
+        batch = [self.prepare(it, truncate=truncate) for it in items]
+        steers = [self.steer(steering)] * len(batch) if steering is not None else []
+        return self.results(batch, self.forward(batch, steers), detail=detail)

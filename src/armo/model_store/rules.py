@@ -19,7 +19,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from armo.model_store.features import Message
+from armo.model_store.encoding import Message
 
 
 @dataclass(frozen=True)

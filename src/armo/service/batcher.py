@@ -3,7 +3,7 @@
     submit() ──► bounded asyncio.Queue ──► worker task ──► one worker thread: RewardModel.forward(batch)
       │ full → QueueFullError (429 + Retry-After)      │ batch = whole requests, same model, ≤ max items,
       │ deadline → DeadlineExceededError (504)         │ ≤ token budget, collected for ≤ max_wait after the first
-      ▼                                                ▼ disconnected / expired / cancelled requests are skipped
+      ▼                                                ▼ expired / cancelled (client gone) requests are skipped
    per-request future  ◄─────── results split back per request (a failing batch fails only its requests)
 
 Requests are never split across batches, and a batch only holds requests prepared by the same RewardModel
@@ -18,45 +18,40 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from armo.model_store.reward_model import ItemResult, Prepared, RewardModel
-from armo.service.errors import (
-    BatchFailedError,
-    ClientDisconnectedError,
-    DeadlineExceededError,
-    QueueFullError,
-    ShuttingDownError,
-)
+from armo.model_store.batching import Budget, Load, Piece, fits
+from armo.model_store.reward_model import ItemResult, Prepared, RewardModel, Steer
+from armo.service.errors import BatchFailedError, DeadlineExceededError, QueueFullError, ShuttingDownError
 from armo.service.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
-Disconnected = Callable[[], Awaitable[bool]]
-
 
 @dataclass(frozen=True)
 class BatcherConfig:
-    max_batch_size: int = 32
-    max_batch_tokens: int = 8192
-    max_wait_s: float = 0.005
-    max_queue: int = 256
-    retry_after_s: int = 1
+    """Built by `Settings.batcher_config` (the only source of defaults)."""
+
+    max_items: int  # items merged into one worker batch
+    max_tokens: int  # real tokens merged into one worker batch
+    max_wait_s: float
+    max_queue: int
+    retry_after_s: int
 
 
 @dataclass
 class _Job:
     model: RewardModel
     items: Sequence[Prepared]
+    steer: Steer | None  # the request's steering, applied to each of its items
     future: asyncio.Future[list[ItemResult]]
     deadline: float  # event-loop time
-    disconnected: Disconnected | None
-    tokens: int = field(init=False)
+    piece: Piece = field(init=False)
 
     def __post_init__(self) -> None:
-        self.tokens = sum(p.tokens for p in self.items)
+        self.piece = Piece(sum(p.tokens for p in self.items), rows=len(self.items))
 
     @property
     def done(self) -> bool:
@@ -70,6 +65,8 @@ class MicroBatcher:
         self.config = config
         self.metrics = metrics
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=config.max_queue)
+        # The micro-batcher counts real tokens: the forward path then cuts the batch into passes of its own size.
+        self._budget = Budget(config.max_tokens, config.max_items)
         self._carry: _Job | None = None  # a job that did not fit the previous batch; it starts the next one
         # One thread for forward passes (shared with the reloader's loads when the app passes it in).
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="armo-forward")
@@ -110,13 +107,14 @@ class MicroBatcher:
         items: Sequence[Prepared],
         *,
         timeout: float,
-        disconnected: Disconnected | None = None,
+        steer: Steer | None = None,
     ) -> list[ItemResult]:
-        """Score `items` with `model` in some batch; results in order. Raises QueueFullError at once when full."""
+        """Score `items` with `model` in some batch; results in order. Raises QueueFullError at once when full.
+        Cancelling the caller (its client left) cancels the job: a queued job is then skipped."""
         if self._closed:
             raise ShuttingDownError("the service is shutting down; retry")
         loop = asyncio.get_running_loop()
-        job = _Job(model, items, loop.create_future(), loop.time() + timeout, disconnected)
+        job = _Job(model, items, steer, loop.create_future(), loop.time() + timeout)
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -140,21 +138,16 @@ class MicroBatcher:
             return job
         return await self._queue.get()
 
-    def _fits(self, batch: list[_Job], job: _Job) -> bool:
-        items = sum(len(j.items) for j in batch) + len(job.items)
-        tokens = sum(j.tokens for j in batch) + job.tokens
-        return (
-            job.model is batch[0].model
-            and items <= self.config.max_batch_size
-            and (tokens <= self.config.max_batch_tokens)
-        )
+    def _fits(self, batch: list[_Job], load: Load, job: _Job) -> bool:
+        return job.model is batch[0].model and fits(load, job.piece, self._budget, padded=False)
 
     async def _collect(self) -> list[_Job]:
         """The first waiting job, plus whatever fits that arrives within max_wait."""
         loop = asyncio.get_running_loop()
         batch = self._inflight = [await self._next_job()]
+        load = Load().plus(batch[0].piece)
         until = loop.time() + self.config.max_wait_s
-        while sum(len(j.items) for j in batch) < self.config.max_batch_size:
+        while load.rows < self.config.max_items:
             remaining = until - loop.time()
             try:
                 job = (
@@ -162,49 +155,31 @@ class MicroBatcher:
                 )
             except (asyncio.QueueEmpty, TimeoutError):
                 break
-            if not self._fits(batch, job):
+            if not self._fits(batch, load, job):
                 self._carry = job
                 break
             batch.append(job)
+            load = load.plus(job.piece)
         return batch
 
-    async def _alive(self, batch: list[_Job]) -> list[_Job]:
-        """Drop jobs nobody waits for any more: timed out, cancelled, or whose client disconnected."""
-        now = asyncio.get_running_loop().time()
-        alive = []
-        for job in batch:
-            if job.done:  # cancelled by its deadline while queued
-                continue
-            if job.deadline <= now:
-                continue  # its waiter is about to raise DeadlineExceeded; do not spend a forward pass on it
-            if job.disconnected is not None and await self._gone(job):
-                self.metrics.disconnected.inc()
-                job.future.set_exception(ClientDisconnectedError("the client disconnected"))
-                job.future.exception()  # mark retrieved: nobody awaits it
-                continue
-            alive.append(job)
-        return alive
+    @staticmethod
+    def _alive(batch: list[_Job], now: float) -> list[_Job]:
+        """Drop jobs nobody waits for any more: cancelled (deadline passed, or the client left) or expiring."""
+        # An expired job's waiter is about to raise DeadlineExceeded: do not spend a forward pass on it.
+        return [job for job in batch if not job.done and job.deadline > now]
 
     @staticmethod
-    async def _gone(job: _Job) -> bool:
-        assert job.disconnected is not None
-        try:
-            return await job.disconnected()
-        except Exception:  # a broken probe must not stop the worker: assume the client is still there
-            log.warning("disconnect probe failed", exc_info=True)
-            return False
-
-    @staticmethod
-    def _forward(model: RewardModel, prepared: list[Prepared]) -> list[ItemResult]:
-        return model.results(prepared, model.forward(prepared), detail=True)
+    def _forward(model: RewardModel, prepared: list[Prepared], steers: list[Steer | None]) -> list[ItemResult]:
+        return model.results(prepared, model.forward(prepared, steers), detail=True)
 
     async def _run_batch(self, batch: list[_Job]) -> None:
         prepared = [p for job in batch for p in job.items]
-        tokens = sum(job.tokens for job in batch)
+        steers = [job.steer for job in batch for _ in job.items] if any(j.steer for j in batch) else []
+        tokens = sum(job.piece.tokens for job in batch)
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            results = await loop.run_in_executor(self._executor, self._forward, batch[0].model, prepared)
+            results = await loop.run_in_executor(self._executor, self._forward, batch[0].model, prepared, steers)
         except Exception:
             self.metrics.batch_failures.inc()
             log.exception("forward pass failed for a batch of %d items (%d requests)", len(prepared), len(batch))
@@ -224,7 +199,7 @@ class MicroBatcher:
             batch = await self._collect()
             self.metrics.queue_depth.set(self.depth)
             try:
-                batch = self._inflight = await self._alive(batch)
+                batch = self._inflight = self._alive(batch, asyncio.get_running_loop().time())
                 if batch:
                     await self._run_batch(batch)
                 self._inflight = []

@@ -8,13 +8,12 @@ re-rendered and compared: a text the template would not have produced is refused
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from armo.model_store.encoding import render
 from armo.model_store.errors import InputError
-from armo.model_store.features import Message
 
 _S, _U, _A, _U2 = "Zq9SYSTEMzq9", "Zq9USERzq9", "Zq9ASSISTANTzq9", "Zq9USER2zq9"
 
@@ -25,12 +24,6 @@ class TemplateMarkers:
     ends: dict[str, str]  # role → text right after its content
 
 
-def _render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> str:
-    text = tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False, add_generation_prompt=False)
-    assert isinstance(text, str)
-    return text
-
-
 def _after(text: str, sentinel: str) -> str:
     return text[text.index(sentinel) + len(sentinel) :]
 
@@ -39,19 +32,19 @@ def learn_markers(tokenizer: PreTrainedTokenizerBase) -> TemplateMarkers:
     """Role markers of `tokenizer`'s chat template. Raises ValueError if the template is not turn-structured."""
     user = {"role": "user", "content": _U}
     assistant = {"role": "assistant", "content": _A}
-    end_user = _after(_render(tokenizer, [user]), _U)
-    t_ua = _render(tokenizer, [user, assistant])
+    end_user = _after(render(tokenizer, [user]), _U)
+    t_ua = render(tokenizer, [user, assistant])
     end_asst = _after(t_ua, _A)
     between = t_ua[t_ua.index(_U) + len(_U) : t_ua.index(_A)]
     if not between.startswith(end_user):
         raise ValueError("the template does not close a user turn the same way before an assistant turn")
     start_asst = between[len(end_user) :]
-    t_uau = _render(tokenizer, [user, assistant, {"role": "user", "content": _U2}])
+    t_uau = render(tokenizer, [user, assistant, {"role": "user", "content": _U2}])
     between = t_uau[t_uau.index(_A) + len(_A) : t_uau.index(_U2)]
     if not between.startswith(end_asst):
         raise ValueError("the template does not close an assistant turn the same way before a user turn")
     start_user = between[len(end_asst) :]
-    t_sys = _render(tokenizer, [{"role": "system", "content": _S}, user])
+    t_sys = render(tokenizer, [{"role": "system", "content": _S}, user])
     between = t_sys[t_sys.index(_S) + len(_S) : t_sys.index(_U)]
     if not between.endswith(start_user):
         raise ValueError("cannot locate the end of the system turn")
@@ -108,7 +101,7 @@ def split(
     if turns[-1]["role"] != "assistant":
         raise InputError("the templated text must end with an assistant response", field=field)
     messages, response = turns[:-1], turns[-1]["content"]
-    if _render(tokenizer, [*messages, turns[-1]]).rstrip() != text.rstrip():
+    if render(tokenizer, [*messages, turns[-1]]).rstrip() != text.rstrip():
         raise InputError(
             "the text does not round-trip through this model's chat template (another template, or a missing "
             "or extra system prompt / special token)",

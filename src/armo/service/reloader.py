@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from armo.model_store.backbone import Backbone, load_backbone
 from armo.model_store.errors import ArmoError, ArtifactError, StoreError
 from armo.model_store.manifest import Manifest
-from armo.model_store.reward_model import RewardModel, ScoreItem, ScoringConfig
+from armo.model_store.reward_model import RewardModel, ScoreItem
 from armo.model_store.store import ModelStore
 from armo.service.chat_template import TemplateMarkers, learn_markers
 from armo.service.errors import ReloadInProgressError
 from armo.service.metrics import ServiceMetrics
-from armo.service.protocol import BackboneInfo, LoadedModelInfo, ObjectiveInfo, ReloadStatus
+from armo.service.protocol import ReloadStatus
 from armo.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -106,20 +106,11 @@ class Reloader:
             )
         return backbone, True
 
-    def _scoring_config(self, manifest: Manifest) -> ScoringConfig:
-        limit = manifest.backbone.max_length
-        if self.settings.max_tokens is not None:
-            limit = min(limit, self.settings.max_tokens)
-        return ScoringConfig(
-            max_length=limit,
-            max_batch_tokens=self.settings.forward_batch_tokens,
-            max_batch_size=self.settings.max_batch_size,
-        )
-
     def _load(self, version: str) -> tuple[LoadedModel, bool]:
         manifest, head = self.store.load(self.settings.model, version)  # verifies every file's sha256
         backbone, fresh = self._backbone_for(manifest)
-        rm = RewardModel(backbone, head, manifest, self._scoring_config(manifest))  # checks compatibility
+        config = self.settings.scoring_config(manifest.backbone.max_length)
+        rm = RewardModel(backbone, head, manifest, config)  # checks compatibility
         [smoke] = rm.score([SMOKE_ITEM], detail=True)
         total = sum(smoke.contributions.values())
         if not math.isfinite(smoke.score) or abs(total - smoke.score) > 1e-3 * max(1.0, abs(smoke.score)):
@@ -237,27 +228,3 @@ class Reloader:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
-
-    def describe_loaded(self) -> LoadedModelInfo | None:
-        if self.current is None:
-            return None
-        m, rm = self.current.manifest, self.current.rm
-        return LoadedModelInfo(
-            model=m.model,
-            version=m.version,
-            created_at=m.created_at,
-            loaded_at=self.current.loaded_at,
-            backbone=BackboneInfo(
-                id=rm.backbone.id,
-                revision=rm.backbone.revision,
-                hidden_size=rm.backbone.hidden_size,
-                max_length=rm.config.max_length,
-            ),
-            pooling=m.pooling,
-            objectives=[
-                ObjectiveInfo(name=o.name, kind=o.kind, description=o.description, source=o.source, metrics=o.metrics)
-                for o in m.objectives
-            ],
-            gating=m.gating,
-            metrics=m.metrics,
-        )

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from armo.model_store.errors import ModelNotLoadedError
 from armo.service import protocol as p
+from armo.service.cancellation import unless_disconnected
 from armo.service.state import Services, services_of
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -31,30 +32,22 @@ def build_router(services: Services) -> APIRouter:
 
     @v1.post("/score", response_model=p.ScoreResponse, summary="Score a batch of (conversation, response) items")
     async def score(body: p.ScoreRequest, request: Request) -> p.ScoreResponse:
-        return await services_of(request).scorer.score(body, request.is_disconnected)
+        s = services_of(request)
+        return await unless_disconnected(request, s.scorer.score(body), s.metrics)
 
     @v1.post("/explain", response_model=p.ExplainResponse, summary="Per-objective decomposition of each score")
     async def explain(body: p.ExplainRequest, request: Request) -> p.ExplainResponse:
-        return await services_of(request).scorer.explain(body, request.is_disconnected)
+        s = services_of(request)
+        return await unless_disconnected(request, s.scorer.explain(body), s.metrics)
 
     @v1.post("/compare", response_model=p.CompareResponse, summary="Rank responses to one conversation (Best-of-N)")
     async def compare(body: p.CompareRequest, request: Request) -> p.CompareResponse:
-        return await services_of(request).scorer.compare(body, request.is_disconnected)
+        s = services_of(request)
+        return await unless_disconnected(request, s.scorer.compare(body), s.metrics)
 
     @v1.get("/models", response_model=p.ModelsResponse, summary="The loaded model, the store, the last reload")
     async def models(request: Request) -> p.ModelsResponse:
-        s = services_of(request)
-        store, settings = s.reloader.store, s.settings
-        return p.ModelsResponse(
-            loaded=s.reloader.describe_loaded(),
-            store=p.StoreInfo(
-                model=settings.model,
-                alias=settings.alias,
-                versions=store.versions(settings.model),
-                aliases=store.aliases(settings.model),
-            ),
-            last_reload=s.reloader.last,
-        )
+        return services_of(request).scorer.models()
 
     admin = APIRouter(prefix="/v1", dependencies=[Depends(auth.admin)], responses=ERRORS)
 
@@ -72,7 +65,8 @@ def build_router(services: Services) -> APIRouter:
 
     @compat.post("/get_reward", response_model=p.GetRewardResponse, summary="OpenRLHF remote reward model protocol")
     async def get_reward(body: p.GetRewardRequest, request: Request) -> p.GetRewardResponse:
-        return await services_of(request).scorer.get_reward(body, request.is_disconnected)
+        s = services_of(request)
+        return await unless_disconnected(request, s.scorer.get_reward(body), s.metrics)
 
     ops = APIRouter()
 

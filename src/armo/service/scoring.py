@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from armo.model_store.errors import ArmoError, InputError, ModelNotLoadedError
-from armo.model_store.reward_model import ItemResult, Prepared, RewardModel, ScoreItem, Steering
+from armo.model_store.reward_model import ItemResult, Prepared, RewardModel, ScoreItem, Steer, Steering
 from armo.service import protocol as p
-from armo.service.batcher import Disconnected, MicroBatcher
+from armo.service.batcher import MicroBatcher
 from armo.service.chat_template import split
 from armo.service.metrics import ServiceMetrics
 from armo.service.reloader import LoadedModel, Reloader
@@ -24,10 +24,12 @@ from armo.service.reloader import LoadedModel, Reloader
 
 @dataclass(frozen=True)
 class Limits:
-    max_items: int = 64
-    max_chars: int = 32_000
-    request_timeout_s: float = 30.0
-    top_contributors: int = 3
+    """Built by `Settings.limits` (the only source of defaults)."""
+
+    max_items: int
+    max_chars: int
+    request_timeout_s: float
+    top_contributors: int
 
 
 Namer = Callable[[str | None], str]  # a core error's field (`messages[1].role`) → the request's field
@@ -95,21 +97,18 @@ class Scorer:
             self._check_text(m.content, f"{prefix}messages[{j}].content")
 
     @staticmethod
-    def _steering(rm: RewardModel, weights: dict[str, float] | None, mask: list[str] | None) -> Steering | None:
+    def _steer(rm: RewardModel, weights: dict[str, float] | None, mask: list[str] | None) -> Steer | None:
         if weights is None and not mask:
             return None
-        steering = Steering(weights=weights, mask=tuple(mask or ()))
-        rm.validate_steering(steering)  # 422 naming unknown objectives, before any tokenisation
-        return steering
+        # Validated once per request (422 naming unknown objectives), before any tokenisation.
+        return rm.steer(Steering(weights=weights, mask=tuple(mask or ())))
 
     @staticmethod
-    def _prepare_all(
-        rm: RewardModel, items: Sequence[tuple[Namer, ScoreItem]], truncate: bool, steering: Steering | None
-    ) -> list[Prepared]:
+    def _prepare_all(rm: RewardModel, items: Sequence[tuple[Namer, ScoreItem]], truncate: bool) -> list[Prepared]:
         out = []
         for namer, item in items:
             try:
-                out.append(rm.prepare(item, truncate=truncate, steering=steering))
+                out.append(rm.prepare(item, truncate=truncate))
             except ArmoError as e:
                 raise type(e)(e.message, field=namer(e.field)) from None
         return out
@@ -120,20 +119,19 @@ class Scorer:
         items: Sequence[tuple[Namer, ScoreItem]],
         *,
         truncate: bool,
-        steering: Steering | None,
+        steer: Steer | None,
         timeout: float | None,
-        disconnected: Disconnected | None,
         endpoint: str,
     ) -> list[ItemResult]:
         rm = loaded.rm
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._prepare_pool, self._prepare_all, rm, items, truncate, steering)
-        results = await self.batcher.submit(rm, prepared, timeout=self._timeout(timeout), disconnected=disconnected)
+        prepared = await loop.run_in_executor(self._prepare_pool, self._prepare_all, rm, items, truncate)
+        results = await self.batcher.submit(rm, prepared, timeout=self._timeout(timeout), steer=steer)
         self.metrics.items.labels(endpoint).inc(len(results))
         for prep, res in zip(prepared, results, strict=True):
             if res.truncated:
                 self.metrics.truncations.inc()
-            if steering is None:
+            if steer is None:
                 self.metrics.observe_item(res.score, prep.encoded.response_tokens, res.rewards, res.weights)
         return results
 
@@ -148,24 +146,18 @@ class Scorer:
         return out
 
     async def _run_items(
-        self, req: p.ScoreRequest | p.ExplainRequest, endpoint: str, disconnected: Disconnected | None
+        self, req: p.ScoreRequest | p.ExplainRequest, endpoint: str
     ) -> tuple[LoadedModel, list[ItemResult]]:
         items = self._items(req.items)
         loaded = self._model()
-        steering = self._steering(loaded.rm, req.weights, req.mask)
+        steer = self._steer(loaded.rm, req.weights, req.mask)
         results = await self._run(
-            loaded,
-            items,
-            truncate=req.truncate,
-            steering=steering,
-            timeout=req.timeout_s,
-            disconnected=disconnected,
-            endpoint=endpoint,
+            loaded, items, truncate=req.truncate, steer=steer, timeout=req.timeout_s, endpoint=endpoint
         )
         return loaded, results
 
-    async def score(self, req: p.ScoreRequest, disconnected: Disconnected | None = None) -> p.ScoreResponse:
-        loaded, results = await self._run_items(req, "score", disconnected)
+    async def score(self, req: p.ScoreRequest) -> p.ScoreResponse:
+        loaded, results = await self._run_items(req, "score")
         return p.ScoreResponse(
             model=loaded.rm.name,
             version=loaded.version,
@@ -180,8 +172,8 @@ class Scorer:
             ],
         )
 
-    async def explain(self, req: p.ExplainRequest, disconnected: Disconnected | None = None) -> p.ExplainResponse:
-        loaded, results = await self._run_items(req, "explain", disconnected)
+    async def explain(self, req: p.ExplainRequest) -> p.ExplainResponse:
+        loaded, results = await self._run_items(req, "explain")
         top = self.limits.top_contributors
         return p.ExplainResponse(
             model=loaded.rm.name,
@@ -207,16 +199,16 @@ class Scorer:
             ],
         )
 
-    async def compare(self, req: p.CompareRequest, disconnected: Disconnected | None = None) -> p.CompareResponse:
+    async def compare(self, req: p.CompareRequest) -> p.CompareResponse:
         self._check_count(len(req.responses), "responses")
         self._check_conversation(req, "")
         for i, response in enumerate(req.responses):
             self._check_text(response, f"responses[{i}]")
         loaded = self._model()
-        steering = self._steering(loaded.rm, req.weights, req.mask)
+        steer = self._steer(loaded.rm, req.weights, req.mask)
         messages = req.as_messages()
-        # One request → one batch on one version; inside it, extract_many runs the shared prompt once and reuses
-        # its key/value cache for every response (features.extract_prefixed).
+        # One request → one batch on one version; inside it, the forward path runs the shared prompt once for
+        # every response (armo.model_store.forward.item_features).
         use_prompt = req.prompt is not None
         items = [
             (_namer("", prompt=use_prompt, response=f"responses[{i}]"), ScoreItem(messages, r))
@@ -226,9 +218,8 @@ class Scorer:
             loaded,
             items,
             truncate=req.truncate,
-            steering=steering,
+            steer=steer,
             timeout=req.timeout_s,
-            disconnected=disconnected,
             endpoint="compare",
         )
         scores = [r.score for r in results]
@@ -249,9 +240,7 @@ class Scorer:
             pairwise=pairs,
         )
 
-    async def get_reward(
-        self, req: p.GetRewardRequest, disconnected: Disconnected | None = None
-    ) -> p.GetRewardResponse:
+    async def get_reward(self, req: p.GetRewardRequest) -> p.GetRewardResponse:
         self._check_count(len(req.query), "query")
         for i, text in enumerate(req.query):
             self._check_text(text, f"query[{i}]")
@@ -264,7 +253,42 @@ class Scorer:
             messages, response = split(tokenizer, loaded.markers, text, field=f"query[{i}]")
             # The turns were parsed from one text: every problem in them is a problem of that text.
             items.append((_fixed(f"query[{i}]"), ScoreItem(messages, response)))
-        results = await self._run(
-            loaded, items, truncate=True, steering=None, timeout=None, disconnected=disconnected, endpoint="get_reward"
-        )
+        results = await self._run(loaded, items, truncate=True, steer=None, timeout=None, endpoint="get_reward")
         return p.GetRewardResponse(rewards=[r.score for r in results])
+
+    def models(self) -> p.ModelsResponse:
+        """/v1/models: the loaded model as the manifest describes it, the store's versions and the last reload."""
+        r = self.reloader
+        return p.ModelsResponse(
+            loaded=_describe(r.current) if r.current else None,
+            store=p.StoreInfo(
+                model=r.settings.model,
+                alias=r.settings.alias,
+                versions=r.store.versions(r.settings.model),
+                aliases=r.store.aliases(r.settings.model),
+            ),
+            last_reload=r.last,
+        )
+
+
+def _describe(loaded: LoadedModel) -> p.LoadedModelInfo:
+    m, rm = loaded.manifest, loaded.rm
+    return p.LoadedModelInfo(
+        model=m.model,
+        version=m.version,
+        created_at=m.created_at,
+        loaded_at=loaded.loaded_at,
+        backbone=p.BackboneInfo(
+            id=rm.backbone.id,
+            revision=rm.backbone.revision,
+            hidden_size=rm.backbone.hidden_size,
+            max_length=rm.config.max_length,
+        ),
+        pooling=m.pooling,
+        objectives=[
+            p.ObjectiveInfo(name=o.name, kind=o.kind, description=o.description, source=o.source, metrics=o.metrics)
+            for o in m.objectives
+        ],
+        gating=m.gating,
+        metrics=m.metrics,
+    )

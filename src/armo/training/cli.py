@@ -10,6 +10,7 @@ from typing import Annotated, Literal, cast, get_args
 
 import typer
 
+from armo.model_store.store import BUNDLED_ROOT
 from armo.training.config import TrainConfig, load_config
 
 log = logging.getLogger(__name__)
@@ -70,12 +71,22 @@ def train_run(
     config: ConfigOpt = None,
     sets: SetOpt = None,
     run_name: Annotated[str, typer.Option("--name", help="run name (output directory under out_dir)")] = "default",
+    publish: Annotated[
+        bool,
+        typer.Option(
+            "--publish",
+            help="publish the artifact to the config's store ($ARMO_STORE_ROOT, else runs/store) and point its alias "
+            'at it (also: "publish": true in the config)',
+        ),
+    ] = False,
 ) -> None:
-    """Run every stage end to end: features → objectives → debias → gating → evaluate → publish."""
+    """Run every stage end to end: features → objectives → debias → gating → evaluate; with --publish, publish."""
     from armo.training.pipeline import run
     from armo.training.report import print_scores
 
     cfg = _config(config, sets)
+    if publish:
+        cfg.publish = True
     result = run(cfg, run_name)
     out = Path(cfg.out_dir) / run_name / "result.json"
     saved = json.loads(out.read_text())
@@ -84,6 +95,8 @@ def train_run(
     if result.eval is not None:
         print_scores(result.eval.scores, title=f"{run_name}: {result.manifest.model}/{result.manifest.version}")
     typer.echo(f"results: {Path(cfg.out_dir) / run_name / 'result.json'}")
+    if cfg.publish:
+        typer.echo(f"published: {result.manifest.model}/{result.manifest.version} in {cfg.store} (alias {cfg.alias})")
 
 
 @train_app.command("sweep")
@@ -161,7 +174,7 @@ def _print_accuracies(
     from rich.console import Console
     from rich.table import Table
 
-    from armo.training.pipeline import SUMMARY_KEYS
+    from armo.training.metrics import SUMMARY_KEYS
 
     nan = float("nan")
 
@@ -189,12 +202,14 @@ def train_compare(
     versions: Annotated[list[str], typer.Argument(help="published versions (or aliases) of the config's model")],
     config: ConfigOpt = None,
     sets: SetOpt = None,
-    store: Annotated[Path | None, typer.Option("--store", help="model store (default: the config's)")] = None,
+    store: Annotated[
+        Path | None, typer.Option("--store", help="model store root (default: the config's store, where runs publish)")
+    ] = None,
     out: OutOpt = None,
 ) -> None:
     """Published artifacts side by side on this config's validation pairs: the promotion check between
     versions trained on different samples (RewardBench never read)."""
-    from armo.training.pipeline import validation_accuracy
+    from armo.training.metrics import validation_accuracy
 
     cfg = _config(config, sets)
     _print_accuracies(validation_accuracy(cfg, versions, store or Path(cfg.store)), "version", out)
@@ -231,7 +246,14 @@ def train_report(
 def eval_command(
     model: Annotated[str, typer.Option("--model", help="model name in the store")] = "armo-smollm2",
     version: Annotated[str, typer.Option("--version", help="version or alias")] = "current",
-    store: Annotated[Path, typer.Option("--store", help="model store root")] = Path("src/armo/bundled"),
+    store: Annotated[
+        Path,
+        typer.Option(
+            "--store",
+            envvar="ARMO_STORE_ROOT",
+            help="model store root (default: the packaged store; e.g. runs/store for a training run's artifact)",
+        ),
+    ] = BUNDLED_ROOT,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     fast: Annotated[bool, typer.Option("--fast/--full", help="stratified sample of every subset, or all pairs")] = True,

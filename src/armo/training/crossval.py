@@ -1,8 +1,8 @@
 """Cross-validated model selection: every training pair scored once, by a recipe fit without its fold.
 
 Why: the validation split holds ~15 % of the pairs (1,156 in the default sample), and its balanced accuracy has a
-standard error of ~1.8 points — more than most differences between recipes, so a margin of one SE vetoed a change
-worth +7.6 RewardBench points (docs/RESULTS.md, round 6). Here K folds keyed like the split (the prompt, with
+standard error of ~1.8 points — more than most differences between recipes, so a margin of one SE on it can veto a
+change worth several RewardBench points. Here K folds keyed like the split (the prompt, with
 `data.split_by: "prompt"`) score *every* pair out of fold, and variants are compared by their **paired** difference
 on the same pairs, whose error is smaller than either accuracy's because the recipes' mistakes are correlated.
 
@@ -20,19 +20,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from armo.model_store.reward_model import RewardModel
+from armo.training.artifact import assemble
 from armo.training.config import DataConfig, TrainConfig
 from armo.training.data import PairRow, id_fraction
 from armo.training.evaluate import score_items
-from armo.training.featurize import get_backbone
-from armo.training.pipeline import (
-    Features,
-    assemble,
-    balanced_mean,
-    fit_objectives,
-    load_features,
-    pair_accuracy,
-    wins,
-)
+from armo.training.featurize import TrainingFeatures, get_backbone, load_features
+from armo.training.metrics import balanced_mean, pair_accuracy, wins
+from armo.training.objective_set import fit_objectives
 from armo.training.prepare import Dataset, id_stem, pair_group, split_key
 
 SALT = "cross-validation"
@@ -50,7 +44,9 @@ def folds_of(cfg: DataConfig, ds: Dataset, k: int) -> tuple[list[int], list[int]
     return pairs, ratings
 
 
-def subset(f: Features, pairs: Sequence[int], ratings: Sequence[int], *, held_out: bool = False) -> Features:
+def subset(
+    f: TrainingFeatures, pairs: Sequence[int], ratings: Sequence[int], *, held_out: bool = False
+) -> TrainingFeatures:
     """The training features restricted to some pairs and rating rows (items re-indexed; validation flags kept, or
     all cleared with `held_out` — a test fold has no validation part)."""
     ds = f.train
@@ -59,7 +55,7 @@ def subset(f: Features, pairs: Sequence[int], ratings: Sequence[int], *, held_ou
         sub.add_rating(ds.ratings[i], ds.rating_val[i] and not held_out)
     for i in pairs:
         sub.add_pair(ds.pairs[i], ds.pair_val[i] and not held_out)
-    return Features(sub, f.table.select([ds.index_of(it) for it in sub.items]), 0.0)
+    return TrainingFeatures(sub, f.table.select([ds.index_of(it) for it in sub.items]), 0.0)
 
 
 def fold_split(
@@ -73,7 +69,7 @@ def fold_split(
     return fit_pairs, fit_ratings, test
 
 
-def out_of_fold_margins(cfg: TrainConfig, f: Features, k: int) -> np.ndarray:
+def out_of_fold_margins(cfg: TrainConfig, f: TrainingFeatures, k: int) -> np.ndarray:
     """Chosen-minus-rejected score [P] of every training pair from the recipe `cfg` fit without the pair's fold."""
     backbone = get_backbone(cfg.backbone)
     pair_fold, rating_fold = folds_of(cfg.data, f.train, k)
@@ -96,8 +92,9 @@ def cross_validate(
     base: TrainConfig, variants: dict[str, TrainConfig], k: int = 5, by: Callable[[PairRow], str] | None = None
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """Out-of-fold pair accuracy of every variant (as `pair_accuracy`), plus its paired difference from the first
-    variant on the same pairs ("vs_base" ± "vs_base_se", balanced over groups: the round-7 rule). With `by`, also a
-    finer reading: per label of `by` (e.g. `pair_category`), as `by_label`. Nothing is written or published."""
+    variant on the same pairs ("vs_base" ± "vs_base_se", balanced over groups: a candidate replaces the incumbent
+    iff this exceeds one paired standard error). With `by`, also a finer reading: per label of `by` (e.g.
+    `pair_category`), as `by_label`. Nothing is written or published."""
     if k < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {k}")
     f = load_features(base, get_backbone(base.backbone), with_eval=False)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from armo.model_store.backbone import Backbone
-from armo.model_store.features import Encoded
+from armo.model_store.encoding import Encoded
 from armo.model_store.heads import ArmoHead
 from armo.model_store.manifest import Manifest
 from armo.model_store.reward_model import Prepared, RewardModel, ScoreItem

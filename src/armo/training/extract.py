@@ -5,14 +5,14 @@ changed tokenizer, cap, data file or subsample never reuses stale features. Each
 (tmp file + rename); a killed job resumes at the first missing shard.
 
 Responses that share a prompt (the chosen and rejected side of a pair, or the rated responses of one prompt) share
-the prompt computation: the prompt runs once with a KV cache, the cache is gathered per response, and the
-responses run on top of it. Because the backbone is causal this gives the same hidden states as one pass over
-prompt ⊕ response (tested against `features.extract`).
+the prompt computation (`armo.model_store.forward.group_features`, the serving path's forward code). Because the
+backbone is causal this gives the same hidden states as one pass over prompt ⊕ response.
 
-Length cap policy (`max_length`): if prompt + longest response exceeds the cap, the prompt is left-truncated
-(leading BOS kept, never below `min_prompt_tokens` or past the prompt boundary); a response that still does not
-fit keeps its first tokens and its end-of-turn token (the one the score is read from). Both are flagged `truncated`.
-The verbosity rule always sees the untruncated response length.
+Encoding and the length cap are the serving path's too (`armo.model_store.encoding`), with the policy `truncation`
+returns: a group's prompt is left-truncated to fit its longest response (leading BOS kept, never below
+`min_prompt_tokens` or past the prompt boundary); a response that still does not fit keeps its first tokens and its
+end-of-turn token (the one the score is read from). Both are flagged `truncated`. The verbosity rule always sees the
+untruncated response length.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -32,25 +30,20 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
 
+from armo.model_store import atomic
 from armo.model_store.backbone import Backbone
-from armo.model_store.features import Features, Message, encode, encode_prompt, extract_groups
+from armo.model_store.batching import UNLIMITED, Budget, Piece, cut
+from armo.model_store.encoding import EncodedGroup, Message, Truncation, encode_group
+from armo.model_store.forward import Features, PassBudget, group_features
 from armo.model_store.manifest import Pooling
 from armo.model_store.reward_model import ScoreItem
+from armo.training.config import ExtractConfig
 
 log = logging.getLogger(__name__)
 
 
 # One (conversation, response) to featurise: the same type the scoring path takes.
 Item = ScoreItem
-
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    max_length: int = 512
-    min_prompt_tokens: int = 64
-    max_batch_tokens: int = 4096
-    shard_size: int = 256  # responses per shard
-    threads: int = 0  # torch threads; 0 = leave torch's default
 
 
 COLUMNS = ("response", "response_mean", "prompt", "response_tokens", "length", "truncated")  # in field order
@@ -94,54 +87,15 @@ class FeatureTable:
         return cls(*(torch.cat(ts) for ts in zip(*(p._tensors() for p in parts), strict=True)))
 
 
-@dataclass(frozen=True)
-class EncodedGroup:
-    """A prompt and the suffixes (response + end-of-turn) of every response to it, after the length cap."""
-
-    prompt_ids: tuple[int, ...]
-    prompt_index: int
-    suffixes: tuple[tuple[int, ...], ...]
-    response_tokens: tuple[int, ...]  # untruncated
-    truncated: tuple[bool, ...]
-
-
-def encode_group(
-    backbone: Backbone, messages: Sequence[Message], responses: Sequence[str], cfg: ExtractConfig
-) -> EncodedGroup:
-    tok = backbone.tokenizer
-    _, prompt_ids, prompt_index = encode_prompt(tok, messages)
-    suffixes = []
-    for response in responses:
-        ids = encode(tok, messages, response, max_length=1 << 30).input_ids  # untruncated, validated
-        suffixes.append(ids[len(prompt_ids) :])
-    response_tokens = tuple(len(s) + (len(prompt_ids) - 1 - prompt_index) for s in suffixes)
-    longest = max(len(s) for s in suffixes)
-    truncated = [False] * len(suffixes)
-    if len(prompt_ids) + longest > cfg.max_length:
-        bos = tok.bos_token_id
-        head = prompt_ids[:1] if bos is not None and prompt_ids[0] == bos else []
-        tail_min = len(prompt_ids) - prompt_index  # never cut the prompt boundary
-        keep = max(cfg.min_prompt_tokens, tail_min + len(head), cfg.max_length - longest)
-        if keep < len(prompt_ids):
-            dropped = len(prompt_ids) - keep
-            prompt_ids = head + prompt_ids[dropped + len(head) :]
-            prompt_index -= dropped
-            truncated = [True] * len(suffixes)
-        budget = cfg.max_length - len(prompt_ids)
-        for i, s in enumerate(suffixes):
-            if len(s) > budget:
-                suffixes[i] = s[: budget - 1] + s[-1:]  # keep the end-of-turn token the feature is read from
-                truncated[i] = True
-    return EncodedGroup(
-        tuple(prompt_ids), prompt_index, tuple(tuple(s) for s in suffixes), response_tokens, tuple(truncated)
-    )
+def truncation(cfg: ExtractConfig) -> Truncation:
+    """Training's length policy: a long rated response still carries its label, so it is cut, not refused."""
+    return Truncation(max_length=cfg.max_length, min_prompt_tokens=cfg.min_prompt_tokens, long_response="cut")
 
 
 def forward_groups(backbone: Backbone, groups: Sequence[EncodedGroup]) -> Features:
-    """Prompt once per group, then every response after it: one packed pass, or a prompt pass and one response pass
-    on its key/value cache (the caller's batches are already sized). Rows: the groups' responses in order."""
-    everything = 1 << 62
-    return extract_groups(backbone, groups, max_batch_tokens=everything, max_batch_size=everything)
+    """Prompt once per group, then every response after it, in one pass (the caller's batches are already sized).
+    Rows: the groups' responses in order."""
+    return group_features(backbone, groups, PassBudget(UNLIMITED, UNLIMITED))
 
 
 def _group_items(items: Sequence[Item]) -> list[tuple[list[int], Sequence[Message], list[str]]]:
@@ -175,37 +129,22 @@ def job_key(backbone: Backbone, items: Sequence[Item], cfg: ExtractConfig, data_
 
 
 def _save_atomic(path: Path, tensors: dict[str, Tensor]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic.write_file(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp)))
 
 
 def _batches(encoded: list[EncodedGroup], max_batch_tokens: int, packed: bool) -> list[list[int]]:
     """Groups sorted by length, cut so each forward pass costs at most `max_batch_tokens`: real tokens on a packed
-    backbone, padded prompt + padded response rows otherwise."""
+    backbone, rows × longest row otherwise."""
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].prompt_ids) + max(map(len, encoded[i].suffixes)))
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    for i in order:
-        cand = [*cur, i]
-        if packed:
-            cost = sum(len(encoded[j].prompt_ids) + sum(map(len, encoded[j].suffixes)) for j in cand)
-        else:
-            lp = max(len(encoded[j].prompt_ids) for j in cand)
-            lr = max(len(s) for j in cand for s in encoded[j].suffixes)
-            cost = len(cand) * lp + sum(len(encoded[j].suffixes) for j in cand) * (lp + lr)
-        if cur and cost > max_batch_tokens:
-            batches.append(cur)
-            cur = [i]
-        else:
-            cur = cand
-    if cur:
-        batches.append(cur)
-    return batches
+    pieces = [
+        Piece(
+            encoded[i].tokens,
+            rows=len(encoded[i].suffixes),
+            width=len(encoded[i].prompt_ids) + max(map(len, encoded[i].suffixes)),
+        )
+        for i in order
+    ]
+    return [[order[k] for k in b] for b in cut(pieces, Budget(max_batch_tokens), padded=not packed)]
 
 
 def run_extraction(
@@ -256,7 +195,8 @@ def run_extraction(
             if max_new_shards is not None and new >= max_new_shards:
                 bar.close()
                 raise RuntimeError(f"extraction of {name} stopped after {new} new shard(s) (max_new_shards)")
-            encoded = [encode_group(backbone, groups[g][1], groups[g][2], cfg) for g in shard]
+            policy = truncation(cfg)
+            encoded = [encode_group(backbone.tokenizer, groups[g][1], groups[g][2], policy) for g in shard]
             n = sum(len(e.suffixes) for e in encoded)
             columns = {c: torch.empty((n, backbone.hidden_size)) for c in ("response", "response_mean", "prompt")}
             starts = [0]
@@ -267,7 +207,7 @@ def run_extraction(
                 rows = [j for b in batch for j in range(starts[b], starts[b + 1])]
                 for c, values in columns.items():
                     values[rows] = getattr(feats, c)
-                tokens += sum(len(encoded[b].prompt_ids) + sum(map(len, encoded[b].suffixes)) for b in batch)
+                tokens += sum(encoded[b].tokens for b in batch)
                 bar.update(len(rows))
                 bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - started, 1e-9):.0f}")
             _save_atomic(

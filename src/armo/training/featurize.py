@@ -1,15 +1,17 @@
-"""Stage 1: featurise a dataset with the frozen backbone (cached; see `extract`)."""
+"""Stage 1: featurise a dataset with the frozen backbone (cached; see `extract`), and a run's features in one
+place for the fitting stages."""
 
 from __future__ import annotations
 
 import itertools
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from armo.model_store.backbone import Backbone, load_backbone
 from armo.training.config import TrainConfig
 from armo.training.extract import FeatureTable, run_extraction
-from armo.training.prepare import Dataset
+from armo.training.prepare import Dataset, build_eval_set, build_training_set
 
 _BACKBONES: dict[str, Backbone] = {}
 
@@ -49,3 +51,28 @@ def featurize(
             )
         )
     return FeatureTable.concat(tables), time.perf_counter() - started
+
+
+@dataclass
+class TrainingFeatures:
+    """A run's training set and its features (and the evaluation set's), computed once per run (features are cached on
+    disk anyway); every fitting stage reads them."""
+
+    train: Dataset
+    table: FeatureTable
+    seconds: float
+    eval: Dataset | None = None
+    eval_table: FeatureTable | None = None
+    eval_seconds: float = 0.0
+
+
+def load_features(cfg: TrainConfig, backbone: Backbone | None, with_eval: bool) -> TrainingFeatures:
+    train = build_training_set(cfg.data)
+    table, seconds = featurize(cfg, train, "train", backbone)
+    feats = TrainingFeatures(train, table, seconds)
+    if with_eval:
+        feats.eval = build_eval_set(cfg.eval, cfg.fast_eval)
+        feats.eval_table, feats.eval_seconds = featurize(
+            cfg, feats.eval, "rewardbench-fast" if cfg.fast_eval else "rewardbench-full", backbone
+        )
+    return feats

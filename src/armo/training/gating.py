@@ -11,14 +11,16 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from armo.model_store.heads import GatingConfig, GatingNetwork
 from armo.training.config import GatingTrainConfig
+from armo.training.prepare import Dataset, pair_group
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +46,23 @@ class GatingResult:
 
 
 def gating_config(cfg: GatingTrainConfig) -> GatingConfig:
-    return GatingConfig(
-        hidden_dim=cfg.hidden_dim,
-        n_hidden=cfg.n_hidden,
-        temperature=cfg.temperature,
-        logit_scale_init=cfg.logit_scale_init,
-        dropout=cfg.dropout,
-        input=cfg.input,
-    )
+    """The architecture part of the training config: what the manifest records and the service builds."""
+    return GatingConfig(**{f.name: getattr(cfg, f.name) for f in fields(GatingConfig)})
+
+
+def pair_tensors(ds: Dataset, idx: list[int], x: np.ndarray, r: np.ndarray) -> PairTensors:
+    """The pairs `idx` of `ds` as gating inputs x [N_items, d] and debiased rewards r [N_items, k] of both sides."""
+    c = [ds.pair_items[i][0] for i in idx]
+    j = [ds.pair_items[i][1] for i in idx]
+    t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    return PairTensors(t(x[c]), t(x[j]), t(r[c]), t(r[j]))
+
+
+def balanced_weights(ds: Dataset, idx: list[int]) -> Tensor:
+    """Per-pair weights (mean 1) that give every "<source>/<objective>" group the same total weight."""
+    groups = [pair_group(ds.pairs[i]) for i in idx]
+    counts = {g: groups.count(g) for g in set(groups)}
+    return torch.tensor([len(groups) / (len(counts) * counts[g]) for g in groups])
 
 
 def bt_loss(net: GatingNetwork, batch: PairTensors) -> tuple[Tensor, Tensor]:

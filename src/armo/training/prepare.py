@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from armo.model_store.encoding import validate_conversation
 from armo.model_store.errors import InputError
-from armo.model_store.features import validate_conversation
 from armo.training.config import DataConfig, EvalConfig
 from armo.training.data import (
     PairRow,

@@ -1,4 +1,4 @@
-"""Human-readable RewardBench results: a rich table on the console and markdown tables for docs/RESULTS.md."""
+"""Human-readable RewardBench results: a rich table on the console and markdown tables of runs side by side."""
 
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ time (batch 1, no padding: the shape where both see exactly the same work), inte
 (this VM's speed drifts), against PyTorch fp32 and PyTorch int8 (`armo.model_store.quant`). It prints tokens/s per
 path, the ratios, and the largest difference of the end-of-turn feature from PyTorch fp32.
 
-    .venv/bin/pip install -e '.[onnx]'   # onnxruntime, onnx, onnxscript: not needed by the service
-    .venv/bin/python -m benchmarks.onnx_study --pairs 40 --rounds 3
+    .venv/bin/pip install onnxruntime onnx onnxscript   # not needed by the service
+    .venv/bin/python -m research.onnx_study --pairs 40 --rounds 3
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 import typer
 
 from armo.model_store.backbone import load_backbone
-from armo.model_store.features import Encoded, encode
+from armo.model_store.encoding import Encoded, encode
 from benchmarks.run import palindrome_seconds, rewardbench_pairs
 
 

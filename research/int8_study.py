@@ -7,7 +7,7 @@
 2. Time per Linear at the backbone's shapes: fp32, the int8 layer (compiled), and `torch._int_mm` alone; and per
    group of Linears that read one input (q/k/v, gate/up): quantised apart, or sharing one quantised input.
 
-    .venv/bin/python -m benchmarks.int8_study --pairs 150
+    .venv/bin/python -m research.int8_study --pairs 150
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch import nn
 from armo.model_store import quant
 from armo.model_store.backbone import Backbone, load_backbone
 from armo.model_store.errors import InputError
-from armo.model_store.features import encode
+from armo.model_store.encoding import encode
 from armo.model_store.reward_model import RewardModel, ScoreItem, ScoringConfig
 from armo.model_store.store import ModelStore
 from armo.training.config import load_config

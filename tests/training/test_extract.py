@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from armo.model_store.backbone import Backbone
-from armo.model_store.encoding import Truncation, encode
+from armo.model_store.encoding import Truncation, encode, encode_group
 from armo.model_store.forward import run_padded
-from armo.training.extract import ExtractConfig, Item, _batches, encode_group, forward_groups, run_extraction
+from armo.training.config import ExtractConfig
+from armo.training.extract import Item, _batches, forward_groups, run_extraction, truncation
 
 CONVS = [
     [{"role": "user", "content": "Hi there, how are you?"}],
@@ -29,8 +30,8 @@ RESPONSES = [["Fine, thanks.", "I am well, and you? " * 3], ["Arithmetic.", "Bec
 @pytest.mark.parametrize("backbone_name", ["tiny_backbone", "tiny_padded_backbone"])
 def test_shared_prompt_equals_single_pass(request: pytest.FixtureRequest, backbone_name: str) -> None:
     backbone: Backbone = request.getfixturevalue(backbone_name)
-    cfg = ExtractConfig(Truncation(512))
-    groups = [encode_group(backbone, m, r, cfg) for m, r in zip(CONVS, RESPONSES, strict=True)]
+    cfg = ExtractConfig(max_length=512)
+    groups = [encode_group(backbone.tokenizer, m, r, truncation(cfg)) for m, r in zip(CONVS, RESPONSES, strict=True)]
     feats = forward_groups(backbone, groups)
     flat = [
         encode(backbone.tokenizer, m, x, Truncation(512)) for m, rs in zip(CONVS, RESPONSES, strict=True) for x in rs
@@ -41,8 +42,10 @@ def test_shared_prompt_equals_single_pass(request: pytest.FixtureRequest, backbo
 
 
 def test_batches_count_real_tokens_when_packed_and_padded_ones_otherwise(tiny_backbone: Backbone) -> None:
-    cfg = ExtractConfig(Truncation(512))
-    groups = [encode_group(tiny_backbone, m, r, cfg) for m, r in zip(CONVS, RESPONSES, strict=True)]
+    cfg = ExtractConfig(max_length=512)
+    groups = [
+        encode_group(tiny_backbone.tokenizer, m, r, truncation(cfg)) for m, r in zip(CONVS, RESPONSES, strict=True)
+    ]
     real = [len(g.prompt_ids) + sum(map(len, g.suffixes)) for g in groups]
     assert [sorted(b) for b in _batches(groups, sum(real), packed=True)] == [[0, 1, 2]]  # all fit in real tokens
     padded = _batches(groups, sum(real), packed=False)  # padding to the longest prompt and response costs more
@@ -54,7 +57,7 @@ def test_length_cap_keeps_boundary_and_end_of_turn(tiny_backbone: Backbone) -> N
     messages = [{"role": "user", "content": "word " * 200}]
     responses = ["short answer", "long answer " * 100]
     cfg = ExtractConfig(max_length=96, min_prompt_tokens=32)
-    g = encode_group(tiny_backbone, messages, responses, cfg)
+    g = encode_group(tiny_backbone.tokenizer, messages, responses, truncation(cfg))
     full = [encode(tok, messages, r, Truncation(1 << 20)) for r in responses]
     assert all(len(g.prompt_ids) + len(s) <= 96 for s in g.suffixes)
     assert len(g.prompt_ids) == 32 and g.truncated == (True, True)
@@ -65,7 +68,7 @@ def test_length_cap_keeps_boundary_and_end_of_turn(tiny_backbone: Backbone) -> N
 
 
 def test_no_truncation_under_the_cap(tiny_backbone: Backbone) -> None:
-    g = encode_group(tiny_backbone, CONVS[0], RESPONSES[0], ExtractConfig(Truncation(512)))
+    g = encode_group(tiny_backbone.tokenizer, CONVS[0], RESPONSES[0], Truncation(512))
     full = encode(tiny_backbone.tokenizer, CONVS[0], RESPONSES[0][1], Truncation(512))
     assert g.truncated == (False, False)
     assert g.prompt_ids + g.suffixes[1] == full.input_ids
@@ -107,9 +110,9 @@ def test_resumes_after_interruption(tiny_backbone: Backbone, tmp_path: Path) -> 
 def test_cache_key_changes_with_cap(tiny_backbone: Backbone, tmp_path: Path) -> None:
     items = _items()[:3]
     run_extraction(
-        tiny_backbone, items, name="t", cache_root=tmp_path, cfg=ExtractConfig(Truncation(128)), progress=False
+        tiny_backbone, items, name="t", cache_root=tmp_path, cfg=ExtractConfig(max_length=128), progress=False
     )
     run_extraction(
-        tiny_backbone, items, name="t", cache_root=tmp_path, cfg=ExtractConfig(Truncation(64)), progress=False
+        tiny_backbone, items, name="t", cache_root=tmp_path, cfg=ExtractConfig(max_length=64), progress=False
     )
     assert len(list(tmp_path.iterdir())) == 2

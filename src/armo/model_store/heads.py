@@ -29,15 +29,21 @@ GatingInput = Literal["prompt", "response"]
 class GatingConfig:
     """Configuration of the gating MLP; dumped as-is into the manifest."""
 
-    hidden_dim: int = 1024
-    n_hidden: int = 3
-    temperature: float = 10.0
-    logit_scale_init: float = 1.0
-    dropout: float = 0.0
-    bias: bool = True
-    # "prompt": the hidden state at the end-of-turn token of the last user turn (ArmoRM).
-    # "response": the hidden state at the last token, i.e. system + user prompt + response (rule-based variant).
-    input: GatingInput = "prompt"
+    hidden_dim: int = field(default=1024, metadata={"help": "Width of each hidden layer (ArmoRM: 1024)."})
+    n_hidden: int = field(default=3, metadata={"help": "Hidden layers of the MLP (ArmoRM: 3)."})
+    temperature: float = field(
+        default=10.0, metadata={"help": "Softmax temperature over the objectives; higher spreads the weight."}
+    )
+    logit_scale_init: float = field(default=1.0, metadata={"help": "Initial β, the learned scale of the weights."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout after each hidden layer (training only)."})
+    bias: bool = field(default=True, metadata={"help": "Biases in the MLP's layers (ArmoRM has them)."})
+    input: GatingInput = field(
+        default="prompt",
+        metadata={
+            "help": "What the gating reads: 'prompt', the hidden state at the end-of-turn token of the last user "
+            "turn (ArmoRM); 'response', the last token's, i.e. system + user prompt + response (rule-based variant)."
+        },
+    )
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -56,7 +56,7 @@ def test_extract_config_defaults() -> None:
     assert dataclasses.asdict(ExtractConfig()) == {
         "max_length": 512,
         "min_prompt_tokens": 64,
-        "max_batch_tokens": 4096,
+        "max_pass_tokens": 4096,
         "shard_size": 256,
         "threads": 0,
     }

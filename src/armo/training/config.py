@@ -141,7 +141,7 @@ class ExtractConfig:
         default=64,
         metadata={"help": "Prompt tokens always kept when truncating, so the gating still sees the question."},
     )
-    max_batch_tokens: int = field(
+    max_pass_tokens: int = field(
         default=4096,
         metadata={
             "help": "Real tokens per forward pass when packed; padded rows × longest when not (training extraction)."

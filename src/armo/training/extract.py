@@ -132,8 +132,8 @@ def _save_atomic(path: Path, tensors: dict[str, Tensor]) -> None:
     atomic.write_file(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp)))
 
 
-def _batches(encoded: list[EncodedGroup], max_batch_tokens: int, packed: bool) -> list[list[int]]:
-    """Groups sorted by length, cut so each forward pass costs at most `max_batch_tokens`: real tokens on a packed
+def _batches(encoded: list[EncodedGroup], max_pass_tokens: int, packed: bool) -> list[list[int]]:
+    """Groups sorted by length, cut so each forward pass costs at most `max_pass_tokens`: real tokens on a packed
     backbone, rows × longest row otherwise."""
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].prompt_ids) + max(map(len, encoded[i].suffixes)))
     pieces = [
@@ -144,7 +144,7 @@ def _batches(encoded: list[EncodedGroup], max_batch_tokens: int, packed: bool) -
         )
         for i in order
     ]
-    return [[order[k] for k in b] for b in cut(pieces, Budget(max_batch_tokens), padded=not packed)]
+    return [[order[k] for k in b] for b in cut(pieces, Budget(max_pass_tokens), padded=not packed)]
 
 
 def run_extraction(
@@ -202,7 +202,7 @@ def run_extraction(
             starts = [0]
             for e in encoded:
                 starts.append(starts[-1] + len(e.suffixes))
-            for batch in _batches(encoded, cfg.max_batch_tokens, backbone.packed):
+            for batch in _batches(encoded, cfg.max_pass_tokens, backbone.packed):
                 feats = forward_groups(backbone, [encoded[b] for b in batch])
                 rows = [j for b in batch for j in range(starts[b], starts[b + 1])]
                 for c, values in columns.items():

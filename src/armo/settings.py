@@ -86,19 +86,40 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(
         default=5.0, ge=0, description="How long the first request of a batch waits for company."
     )
-    max_queue: int = Field(default=256, ge=1, description="Requests waiting for the worker; beyond that → 429.")
+    max_queue: int = Field(
+        default=256,
+        ge=1,
+        description="Batch-sized jobs waiting for the worker (a request larger than one batch is several); beyond "
+        "that → 429.",
+    )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After seconds sent with a 429.")
     request_timeout_s: float = Field(
-        default=30.0, gt=0, description="Deadline of a request (default and maximum; a request may ask for less) → 504."
+        default=30.0, gt=0, description="Deadline of a request that names none (`timeout_s`) → 504."
+    )
+    max_request_timeout_s: float = Field(
+        default=600.0, gt=0, description="Longest deadline a request may ask for: an RL rollout batch takes minutes."
+    )
+    get_reward_timeout_s: float = Field(
+        default=170.0,
+        gt=0,
+        description="Deadline of /get_reward, whose clients name none: under OpenRLHF's 180 s client timeout, so "
+        "the answer (or the 504) arrives before the client gives up.",
     )
 
     # -- limits ---------------------------------------------------------------------------------------------
-    max_items: int = Field(default=64, ge=1, description="Most items (or responses) per request.")
+    max_items: int = Field(
+        default=1024, ge=1, description="Most items (or responses) per request: a whole RL rollout batch fits."
+    )
     max_chars: int = Field(default=32_000, ge=1, description="Most characters in any one text field.")
     max_tokens: int | None = Field(
         default=None, ge=8, description="Token limit per sequence; default (and ceiling): the manifest's max_length."
     )
-    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Largest accepted request body → 413.")
+    long_response: Literal["cut", "error"] = Field(
+        default="cut",
+        description="A response longer than the token limit: keep its start and its end-of-turn token and flag it "
+        "truncated (cut: every RL rollout gets a reward), or refuse it with a 422 on `response` (error).",
+    )
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Largest accepted request body → 413.")
     top_contributors: int = Field(default=3, ge=1, description="How many top contributors /v1/explain lists.")
 
     # -- auth -----------------------------------------------------------------------------------------------
@@ -172,7 +193,7 @@ class Settings(BaseSettings):
 
         limit = manifest_max_length if self.max_tokens is None else min(manifest_max_length, self.max_tokens)
         return ScoringConfig(
-            truncation=Truncation(max_length=limit),
+            truncation=Truncation(max_length=limit, long_response=self.long_response),
             forward=PassBudget(tokens=self.max_pass_tokens, rows=self.max_pass_rows),
             padding_side=self.padding_side,
         )
@@ -195,6 +216,8 @@ class Settings(BaseSettings):
             max_items=self.max_items,
             max_chars=self.max_chars,
             request_timeout_s=self.request_timeout_s,
+            max_request_timeout_s=max(self.max_request_timeout_s, self.request_timeout_s),
+            get_reward_timeout_s=self.get_reward_timeout_s,
             top_contributors=self.top_contributors,
         )
 

@@ -101,7 +101,7 @@ def test_no_truncation_requested_is_an_error(embedded_backbone: Backbone) -> Non
         ([{"role": "user", "content": "  "}], "x", "messages[0].content"),
         ([USER, {"role": "assistant", "content": "Paris"}], "x", "messages[1].role"),
         ([USER, SYSTEM], "x", "messages[1].role"),
-        ([USER], "", "response"),
+        ([USER], None, "response"),
     ],
 )
 def test_invalid_conversations_name_the_field(
@@ -110,6 +110,16 @@ def test_invalid_conversations_name_the_field(
     with pytest.raises(InputError) as info:
         encode(tiny_backbone.tokenizer, messages, response, Truncation(128))
     assert info.value.field == field
+
+
+def test_an_empty_response_is_scored_at_its_end_of_turn_token(tiny_backbone: Backbone) -> None:
+    """In RL a policy that wrote nothing still gets a reward: the sequence ends on the (empty) turn's end token."""
+    tok = tiny_backbone.tokenizer
+    e = encode(tok, [USER], "", Truncation(128))
+    prompt_only = encode(tok, [USER], "x", Truncation(128))
+    assert e.input_ids[: e.prefix_length] == prompt_only.input_ids[: prompt_only.prefix_length]
+    assert e.input_ids[-1] == prompt_only.input_ids[-1]  # the end-of-turn token
+    assert 0 < e.response_tokens < prompt_only.response_tokens
 
 
 def _mixed_batch(tok: PreTrainedTokenizerBase) -> list:  # type: ignore[type-arg]

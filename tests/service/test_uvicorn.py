@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,62 +16,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from armo.model_store.backbone import Backbone
 from armo.model_store.store import ModelStore
 from tests.conftest import make_artifact
+from tests.live import armo_server, wait_ready
 from tests.service.conftest import ADMIN, ADMIN_KEY, API_KEY, AUTH, CONV, item
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
 def server(tiny_store: ModelStore, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "ARMO_STORE_ROOT": str(tiny_store.root),
-        "ARMO_MODEL": "tiny",
-        "ARMO_API_KEYS": API_KEY,
-        "ARMO_ADMIN_KEY": ADMIN_KEY,
-        "ARMO_WATCH_INTERVAL_S": "0.2",
-        "ARMO_TORCH_THREADS": "1",
-        "PYTHONPATH": str(ROOT / "src"),
-    }
-    log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "armo.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            cwd=tmp_path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield f"http://127.0.0.1:{port}", proc, log_path
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
-
-
-def wait_ready(client: httpx.Client, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if client.get("/ready").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"server not ready in {timeout} s:\n{log.read_text()[-3000:]}")
+    with armo_server(tiny_store, tmp_path, ready=False) as s:
+        yield s.url, s.proc, s.log
 
 
 def test_armo_serve_over_http(

@@ -50,11 +50,13 @@ def test_training_features_equal_serving_features(tiny_backbone: Backbone, tmp_p
     assert torch.allclose(rm.forward(batch).score, trained, atol=1e-5)
 
 
-def test_service_default_refuses_what_training_cuts(tiny_backbone: Backbone) -> None:
-    """The service's own policy differs on purpose in one place: it refuses a response that does not fit (an error
-    naming `response`) where training keeps the response's start and its end-of-turn token."""
+def test_the_service_cuts_long_responses_like_training_unless_told_to_refuse(tiny_backbone: Backbone) -> None:
+    """By default a response over the limit keeps its start and end-of-turn token, as in training (every RL rollout
+    gets a reward); ARMO_LONG_RESPONSE=error refuses it with an error naming `response`."""
     manifest, head = make_artifact(tiny_backbone, max_length=96)
     rm = RewardModel(tiny_backbone, head, manifest)
+    assert rm.prepare(ITEMS[-1]).encoded.truncated and rm.prepare(ITEMS[-1]).encoded.length == 96
+    strict = Settings.model_construct(long_response="error").scoring_config(96)
     with pytest.raises(InputTooLongError) as info:
-        rm.prepare(ITEMS[-1])
+        RewardModel(tiny_backbone, head, manifest, strict).prepare(ITEMS[-1])
     assert info.value.field == "response"

@@ -84,8 +84,9 @@ def validate_conversation(messages: Sequence[Message], response: str) -> None:
             raise InputError("content must be a non-empty string", field=f"messages[{i}].content")
     if messages[-1].get("role") != "user":
         raise InputError("the conversation must end with a user turn", field=f"messages[{len(messages) - 1}].role")
-    if not isinstance(response, str) or not response.strip():
-        raise InputError("response must be a non-empty string", field="response")
+    # An empty response is valid: in RL a policy that wrote nothing still gets a reward (its end-of-turn token).
+    if not isinstance(response, str):
+        raise InputError("response must be a string", field="response")
 
 
 def render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> str:

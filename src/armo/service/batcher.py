@@ -1,13 +1,16 @@
 """The micro-batcher: merges requests from many clients into forward batches.
 
-    submit() ──► bounded asyncio.Queue ──► worker task ──► one worker thread: RewardModel.forward(batch)
-      │ full → QueueFullError (429 + Retry-After)      │ batch = whole requests, same model, ≤ max items,
+    submit() ──► bounded priority queue ──► worker task ──► one worker thread: RewardModel.forward(batch)
+      │ full → QueueFullError (429 + Retry-After)      │ batch = whole jobs, same model, ≤ max items,
       │ deadline → DeadlineExceededError (504)         │ ≤ token budget, collected for ≤ max_wait after the first
-      ▼                                                ▼ expired / cancelled (client gone) requests are skipped
-   per-request future  ◄─────── results split back per request (a failing batch fails only its requests)
+      ▼                                                ▼ expired / cancelled (client gone) jobs are skipped
+   per-request futures ◄─────── results split back per job (a failing batch fails only its requests)
 
-Requests are never split across batches, and a batch only holds requests prepared by the same RewardModel
-object, so a request started before a hot reload finishes on the version it started with. The forward pass runs
+A request becomes one job, or several batch-sized jobs when it is larger than one batch (an RL rollout batch of
+a thousand items). Jobs are served in order of (their index within their request, arrival): the first job of a
+request that arrives while a large one is being scored runs before that one's next job, so a large request never
+starves small ones. A batch only holds jobs prepared by the same RewardModel object, so a request started before
+a hot reload finishes on the version it started with. The forward pass runs
 in a single dedicated thread (torch parallelises inside it); the event loop only moves futures. Scores do not
 depend on batch composition because RewardModel masks padding and gathers features by the attention mask.
 """
@@ -16,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from armo.model_store.batching import Budget, Load, Piece, fits
+from armo.model_store.batching import Budget, Load, Piece, cut, fits
 from armo.model_store.reward_model import ItemResult, Prepared, RewardModel, Steer
 from armo.service.errors import BatchFailedError, DeadlineExceededError, QueueFullError, ShuttingDownError
 from armo.service.metrics import ServiceMetrics
@@ -64,7 +68,9 @@ class MicroBatcher:
     ) -> None:
         self.config = config
         self.metrics = metrics
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=config.max_queue)
+        # (index of the job within its request, arrival number, job): round-robin between requests.
+        self._queue: asyncio.PriorityQueue[tuple[int, int, _Job]] = asyncio.PriorityQueue()
+        self._arrivals = itertools.count()
         # The micro-batcher counts real tokens: the forward path then cuts the batch into passes of its own size.
         self._budget = Budget(config.max_tokens, config.max_items)
         self._carry: _Job | None = None  # a job that did not fit the previous batch; it starts the next one
@@ -89,7 +95,7 @@ class MicroBatcher:
         pending = [*self._inflight, *([self._carry] if self._carry else [])]
         self._inflight, self._carry = [], None
         while not self._queue.empty():
-            pending.append(self._queue.get_nowait())
+            pending.append(self._queue.get_nowait()[2])
         for job in pending:
             if not job.done:
                 job.future.set_exception(ShuttingDownError("the service is shutting down; retry"))
@@ -109,34 +115,41 @@ class MicroBatcher:
         timeout: float,
         steer: Steer | None = None,
     ) -> list[ItemResult]:
-        """Score `items` with `model` in some batch; results in order. Raises QueueFullError at once when full.
-        Cancelling the caller (its client left) cancels the job: a queued job is then skipped."""
+        """Score `items` with `model`; results in order. Raises QueueFullError at once when the queue cannot take
+        the whole request. Cancelling the caller (its client left) cancels its jobs: queued ones are then skipped."""
         if self._closed:
             raise ShuttingDownError("the service is shutting down; retry")
-        loop = asyncio.get_running_loop()
-        job = _Job(model, items, steer, loop.create_future(), loop.time() + timeout)
-        try:
-            self._queue.put_nowait(job)
-        except asyncio.QueueFull:
+        chunks = cut([Piece(p.tokens) for p in items], self._budget, padded=False)
+        waiting = self._queue.qsize()
+        # A request larger than the whole queue is still served when nothing waits: it is never refused forever.
+        if waiting and waiting + len(chunks) > self.config.max_queue:
             self.metrics.queue_rejections.inc()
             raise QueueFullError(
-                f"the scoring queue is full ({self.config.max_queue} requests waiting); retry later",
+                f"the scoring queue is full ({waiting} of {self.config.max_queue} batch-sized jobs "
+                f"waiting, this request needs {len(chunks)}); retry later",
                 retry_after=self.config.retry_after_s,
-            ) from None
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        jobs = [_Job(model, [items[i] for i in c], steer, loop.create_future(), deadline) for c in chunks]
+        arrival = next(self._arrivals)
+        for index, job in enumerate(jobs):
+            self._queue.put_nowait((index, arrival, job))
         self.metrics.queue_depth.set(self.depth)
         try:
-            # wait_for cancels the future on timeout; the worker then skips (or discards) the job.
-            return await asyncio.wait_for(job.future, timeout)
+            # wait_for cancels the futures on timeout; the worker then skips (or discards) the jobs.
+            parts = await asyncio.wait_for(asyncio.gather(*(j.future for j in jobs)), timeout)
         except TimeoutError:
             self.metrics.deadline_exceeded.inc()
             raise DeadlineExceededError(f"the request was not scored within its deadline of {timeout:.3g} s") from None
+        return [r for part in parts for r in part]
 
     # -- worker side --------------------------------------------------------------------------------------
     async def _next_job(self) -> _Job:
         if self._carry is not None:
             job, self._carry = self._carry, None
             return job
-        return await self._queue.get()
+        return (await self._queue.get())[2]
 
     def _fits(self, batch: list[_Job], load: Load, job: _Job) -> bool:
         return job.model is batch[0].model and fits(load, job.piece, self._budget, padded=False)
@@ -150,7 +163,7 @@ class MicroBatcher:
         while load.rows < self.config.max_items:
             remaining = until - loop.time()
             try:
-                job = (
+                _, _, job = (
                     self._queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(self._queue.get(), remaining)
                 )
             except (asyncio.QueueEmpty, TimeoutError):

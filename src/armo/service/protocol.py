@@ -41,7 +41,7 @@ class _Conversation(_Strict):
 
 
 class ScoreInput(_Conversation):
-    response: str = Field(min_length=1, description="The assistant response to score.")
+    response: str = Field(description="The assistant response to score (may be empty: a policy that wrote nothing).")
 
 
 class _Options(_Strict):
@@ -73,10 +73,24 @@ class CompareRequest(_Options, _Conversation):
     responses: list[str] = Field(min_length=2, description="Two or more candidate responses to one conversation.")
 
 
-class GetRewardRequest(_Strict):
-    """OpenRLHF `serve_rm` protocol: full chat-templated texts (conversation + response)."""
+class GetRewardRequest(BaseModel):
+    """OpenRLHF's remote reward-model protocol, every version since 0.5: chat-templated texts (conversation +
+    response) in `query`; since 0.6 also the templated `prompts` and the dataset's `labels`. Fields a later client
+    adds are ignored (on this route only), so a client upgrade never turns every request into a 422."""
 
-    query: list[str] = Field(min_length=1)
+    model_config = ConfigDict(extra="allow")
+
+    query: list[str] = Field(min_length=1, description="prompt + response, rendered with the policy's chat template.")
+    prompts: list[str] | None = Field(
+        default=None, description="The templated prompt of each query: the response is what follows it."
+    )
+    labels: list[Any] | None = Field(default=None, description="Dataset labels (accepted; not used by this model).")
+
+    @model_validator(mode="after")
+    def _aligned(self) -> GetRewardRequest:
+        if self.prompts is not None and len(self.prompts) != len(self.query):
+            raise ValueError(f"prompts has {len(self.prompts)} entries for {len(self.query)} queries")
+        return self
 
 
 class ReloadRequest(_Strict):
@@ -86,11 +100,18 @@ class ReloadRequest(_Strict):
 # -- responses -------------------------------------------------------------------------------------------------
 
 
+class ItemError(BaseModel):
+    type: str = Field(description="Stable error type (see docs/SERVICE.md, error table).")
+    message: str
+    field: str | None = Field(default=None, description="The offending request field, e.g. items[3].response.")
+
+
 class ScoreResult(BaseModel):
-    score: float
-    truncated: bool
-    tokens: int
+    score: float | None = Field(description="The reward; null only when this item failed (see `error`).")
+    truncated: bool = False
+    tokens: int = 0
     objectives: dict[str, float] | None = Field(default=None, description="Raw objective values r (return_objectives).")
+    error: ItemError | None = Field(default=None, description="Why this item alone was not scored.")
 
 
 class ScoreResponse(BaseModel):
@@ -105,16 +126,21 @@ class Contributor(BaseModel):
 
 
 class ExplainResult(BaseModel):
-    score: float
-    truncated: bool
-    tokens: int
-    rewards: dict[str, float] = Field(description="Raw objective values r = W h + b.")
-    debiased: dict[str, float] = Field(description="Verbosity-debiased values r' = T r.")
-    weights: dict[str, float] = Field(description="Gating weights g (or the request's steering weights).")
-    contributions: dict[str, float] = Field(description="g_i · r'_i; they sum to the score.")
-    verbosity_penalty: float = Field(description="Σ g_i (r_i − r'_i): what debiasing took off the score.")
-    top_contributors: list[Contributor] = Field(description="Largest contributions by absolute value.")
-    steered: bool
+    score: float | None = Field(description="The reward; null only when this item failed (see `error`).")
+    truncated: bool = False
+    tokens: int = 0
+    rewards: dict[str, float] = Field(default_factory=dict, description="Raw objective values r = W h + b.")
+    debiased: dict[str, float] = Field(default_factory=dict, description="Verbosity-debiased values r' = T r.")
+    weights: dict[str, float] = Field(
+        default_factory=dict, description="Gating weights g (or the request's steering weights)."
+    )
+    contributions: dict[str, float] = Field(default_factory=dict, description="g_i · r'_i; they sum to the score.")
+    verbosity_penalty: float = Field(default=0.0, description="Σ g_i (r_i − r'_i): what debiasing took off the score.")
+    top_contributors: list[Contributor] = Field(
+        default_factory=list, description="Largest contributions by absolute value."
+    )
+    steered: bool = False
+    error: ItemError | None = Field(default=None, description="Why this item alone was not scored.")
 
 
 class ExplainResponse(BaseModel):
@@ -141,7 +167,16 @@ class CompareResponse(BaseModel):
 
 
 class GetRewardResponse(BaseModel):
-    rewards: list[float]
+    """What OpenRLHF's clients read (`rewards`; `scores` and `extra_logs` when present), plus per-item detail."""
+
+    rewards: list[float | None] = Field(description="One reward per query; null only for a query that failed alone.")
+    scores: list[float | None] = Field(description="The same values (OpenRLHF's dynamic filtering reads `scores`).")
+    extra_logs: dict[str, list[float | None]] = Field(
+        description="Per query: every objective's raw value, `truncated` and `unterminated` (0/1); OpenRLHF logs "
+        "each key. A failed query has null here."
+    )
+    unterminated: list[bool] = Field(description="The response carried no end-of-turn marker (cut off, or stripped).")
+    errors: list[ItemError | None] | None = Field(default=None, description="Per query, when any failed alone.")
 
 
 class ObjectiveInfo(BaseModel):
@@ -187,10 +222,22 @@ class StoreInfo(BaseModel):
     aliases: dict[str, str]
 
 
+class LimitsInfo(BaseModel):
+    """What one request may carry; clients chunk and set deadlines by these."""
+
+    max_items: int
+    max_chars: int
+    max_tokens: int | None = Field(description="Token limit per sequence of the loaded model (null: none loaded).")
+    request_timeout_s: float = Field(description="Deadline of a request that names none.")
+    max_request_timeout_s: float = Field(description="Longest deadline a request may ask for (`timeout_s`).")
+    get_reward_timeout_s: float = Field(description="Deadline of /get_reward requests (their clients name none).")
+
+
 class ModelsResponse(BaseModel):
     loaded: LoadedModelInfo | None
     store: StoreInfo
     last_reload: ReloadStatus | None
+    limits: LimitsInfo
 
 
 class HealthResponse(BaseModel):

@@ -25,7 +25,7 @@ from armo.model_store.errors import ArmoError, ArtifactError, StoreError
 from armo.model_store.manifest import Manifest
 from armo.model_store.reward_model import RewardModel, ScoreItem
 from armo.model_store.store import ModelStore
-from armo.service.chat_template import TemplateMarkers, learn_markers
+from armo.service.chat_template import FAMILIES, Family, learn_family
 from armo.service.errors import ReloadInProgressError
 from armo.service.metrics import ServiceMetrics
 from armo.service.protocol import ReloadStatus
@@ -50,7 +50,8 @@ def _now() -> str:
 class LoadedModel:
     rm: RewardModel
     loaded_at: str
-    markers: TemplateMarkers | None  # None when the template cannot be split (then /get_reward answers 422)
+    # Template families /get_reward parses, the backbone's own first (exact for it), then the common ones.
+    families: tuple[Family, ...]
 
     @property
     def manifest(self) -> Manifest:
@@ -117,12 +118,12 @@ class Reloader:
             raise ArtifactError(
                 f"artifact {manifest.model}/{version} failed the smoke test (score {smoke.score!r})", field="heads"
             )
+        families = FAMILIES
         try:
-            markers: TemplateMarkers | None = learn_markers(backbone.tokenizer)
+            families = (learn_family(backbone.tokenizer), *FAMILIES)
         except (ValueError, KeyError) as e:
-            log.warning("chat template cannot be split for /get_reward: %s", e)
-            markers = None
-        return LoadedModel(rm, _now(), markers), fresh
+            log.warning("the backbone's chat template is not one /get_reward can learn (%s); known families only", e)
+        return LoadedModel(rm, _now(), families), fresh
 
     # -- swapping (event loop) ----------------------------------------------------------------------------
     async def reload(self, ref: str | None = None, *, source: str = "admin", wait: bool = True) -> ReloadStatus:

@@ -3,11 +3,16 @@
 No web framework here (routes stay thin and this stays testable on its own). Input problems are raised as
 armo.model_store.errors.InputError with the field path of the *request* (e.g. `items[2].messages[0].content`);
 errors.py maps them to statuses.
+
+An item that fails alone fails alone: on the routes that take many items, an item whose content cannot be scored
+gets an `error` (and a null score) in the body while the others are scored. Only when every item fails does the
+request answer with that error's status: then there is nothing to return.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,9 +22,12 @@ from armo.model_store.errors import ArmoError, InputError, ModelNotLoadedError
 from armo.model_store.reward_model import ItemResult, Prepared, RewardModel, ScoreItem, Steer, Steering
 from armo.service import protocol as p
 from armo.service.batcher import MicroBatcher
-from armo.service.chat_template import split
+from armo.service.chat_template import parse
+from armo.service.errors import kind_of
 from armo.service.metrics import ServiceMetrics
 from armo.service.reloader import LoadedModel, Reloader
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,7 +36,9 @@ class Limits:
 
     max_items: int
     max_chars: int
-    request_timeout_s: float
+    request_timeout_s: float  # deadline of a request that names none
+    max_request_timeout_s: float  # the longest a request may ask for
+    get_reward_timeout_s: float
     top_contributors: int
 
 
@@ -68,6 +78,7 @@ class Scorer:
         # Tokenisation is CPU work: keep it off the event loop. One thread, because a Rust fast tokenizer shared
         # across threads can fail with "Already borrowed", and on a few cores parallel tokenising buys little.
         self._prepare_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="armo-prepare")
+        self._seen_extra: set[str] = set()
 
     def close(self) -> None:
         self._prepare_pool.shutdown(wait=False, cancel_futures=True)
@@ -80,7 +91,7 @@ class Scorer:
         return loaded
 
     def _timeout(self, requested: float | None) -> float:
-        return min(requested, self.limits.request_timeout_s) if requested else self.limits.request_timeout_s
+        return min(requested, self.limits.max_request_timeout_s) if requested else self.limits.request_timeout_s
 
     def _check_count(self, n: int, field: str) -> None:
         if n > self.limits.max_items:
@@ -104,13 +115,18 @@ class Scorer:
         return rm.steer(Steering(weights=weights, mask=tuple(mask or ())))
 
     @staticmethod
-    def _prepare_all(rm: RewardModel, items: Sequence[tuple[Namer, ScoreItem]], truncate: bool) -> list[Prepared]:
-        out = []
+    def _prepare_all(
+        rm: RewardModel, items: Sequence[tuple[Namer, ScoreItem]], truncate: bool
+    ) -> list[Prepared | ArmoError]:
+        out: list[Prepared | ArmoError] = []
         for namer, item in items:
             try:
                 out.append(rm.prepare(item, truncate=truncate))
             except ArmoError as e:
-                raise type(e)(e.message, field=namer(e.field)) from None
+                out.append(type(e)(e.message, field=namer(e.field)))
+        failed = [x for x in out if isinstance(x, ArmoError)]
+        if failed and len(failed) == len(out):
+            raise failed[0]  # nothing to score: the request carries the (first) item's error
         return out
 
     async def _run(
@@ -120,20 +136,28 @@ class Scorer:
         *,
         truncate: bool,
         steer: Steer | None,
-        timeout: float | None,
+        timeout: float,
         endpoint: str,
-    ) -> list[ItemResult]:
+    ) -> list[ItemResult | p.ItemError]:
+        """Results in item order; an item that could not be prepared is its error."""
         rm = loaded.rm
         loop = asyncio.get_running_loop()
         prepared = await loop.run_in_executor(self._prepare_pool, self._prepare_all, rm, items, truncate)
-        results = await self.batcher.submit(rm, prepared, timeout=self._timeout(timeout), steer=steer)
-        self.metrics.items.labels(endpoint).inc(len(results))
-        for prep, res in zip(prepared, results, strict=True):
+        good = [x for x in prepared if isinstance(x, Prepared)]
+        results = iter(await self.batcher.submit(rm, good, timeout=timeout, steer=steer))
+        self.metrics.items.labels(endpoint).inc(len(good))
+        out: list[ItemResult | p.ItemError] = []
+        for x in prepared:
+            if isinstance(x, ArmoError):
+                out.append(p.ItemError(type=kind_of(x).type, message=x.message, field=x.field))
+                continue
+            res = next(results)
             if res.truncated:
                 self.metrics.truncations.inc()
             if steer is None:
-                self.metrics.observe_item(res.score, prep.encoded.response_tokens, res.rewards, res.weights)
-        return results
+                self.metrics.observe_item(res.score, x.encoded.response_tokens, res.rewards, res.weights)
+            out.append(res)
+        return out
 
     # -- endpoints ----------------------------------------------------------------------------------------
     def _items(self, items: Sequence[p.ScoreInput]) -> list[tuple[Namer, ScoreItem]]:
@@ -147,13 +171,12 @@ class Scorer:
 
     async def _run_items(
         self, req: p.ScoreRequest | p.ExplainRequest, endpoint: str
-    ) -> tuple[LoadedModel, list[ItemResult]]:
+    ) -> tuple[LoadedModel, list[ItemResult | p.ItemError]]:
         items = self._items(req.items)
         loaded = self._model()
         steer = self._steer(loaded.rm, req.weights, req.mask)
-        results = await self._run(
-            loaded, items, truncate=req.truncate, steer=steer, timeout=req.timeout_s, endpoint=endpoint
-        )
+        timeout = self._timeout(req.timeout_s)
+        results = await self._run(loaded, items, truncate=req.truncate, steer=steer, timeout=timeout, endpoint=endpoint)
         return loaded, results
 
     async def score(self, req: p.ScoreRequest) -> p.ScoreResponse:
@@ -162,7 +185,9 @@ class Scorer:
             model=loaded.rm.name,
             version=loaded.version,
             results=[
-                p.ScoreResult(
+                p.ScoreResult(score=None, error=r)
+                if isinstance(r, p.ItemError)
+                else p.ScoreResult(
                     score=r.score,
                     truncated=r.truncated,
                     tokens=r.tokens,
@@ -180,7 +205,9 @@ class Scorer:
             version=loaded.version,
             objectives=list(loaded.rm.objectives),
             results=[
-                p.ExplainResult(
+                p.ExplainResult(score=None, error=r)
+                if isinstance(r, p.ItemError)
+                else p.ExplainResult(
                     score=r.score,
                     truncated=r.truncated,
                     tokens=r.tokens,
@@ -215,14 +242,14 @@ class Scorer:
             for i, r in enumerate(req.responses)
         ]
         results = await self._run(
-            loaded,
-            items,
-            truncate=req.truncate,
-            steer=steer,
-            timeout=req.timeout_s,
-            endpoint="compare",
+            loaded, items, truncate=req.truncate, steer=steer, timeout=self._timeout(req.timeout_s), endpoint="compare"
         )
-        scores = [r.score for r in results]
+        # A ranking over some of the responses would mislead: here one failed response fails the request.
+        failed = next((r for r in results if isinstance(r, p.ItemError)), None)
+        if failed is not None:
+            raise InputError(failed.message, field=failed.field)
+        scored = [r for r in results if isinstance(r, ItemResult)]
+        scores = [r.score for r in scored]
         ranking = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
         # β (logit_scale) is already inside R = g · r', so the trained Bradley-Terry probability is σ(R_a − R_b).
         pairs = [
@@ -234,7 +261,7 @@ class Scorer:
             model=loaded.rm.name,
             version=loaded.version,
             scores=scores,
-            truncated=[r.truncated for r in results],
+            truncated=[r.truncated for r in scored],
             ranking=ranking,
             best=ranking[0],
             pairwise=pairs,
@@ -244,17 +271,41 @@ class Scorer:
         self._check_count(len(req.query), "query")
         for i, text in enumerate(req.query):
             self._check_text(text, f"query[{i}]")
+        if req.model_extra:
+            self._note_extra_fields(sorted(req.model_extra))
         loaded = self._model()
-        if loaded.markers is None:
-            raise InputError("this model's chat template cannot be split; use /v1/score", field="query")
-        tokenizer = loaded.rm.backbone.tokenizer
-        items = []
+        items, unterminated = [], []
         for i, text in enumerate(req.query):
-            messages, response = split(tokenizer, loaded.markers, text, field=f"query[{i}]")
+            prompt = req.prompts[i] if req.prompts is not None else None
+            parsed = parse(text, loaded.families, field=f"query[{i}]", prompt=prompt)
             # The turns were parsed from one text: every problem in them is a problem of that text.
-            items.append((_fixed(f"query[{i}]"), ScoreItem(messages, response)))
-        results = await self._run(loaded, items, truncate=True, steer=None, timeout=None, endpoint="get_reward")
-        return p.GetRewardResponse(rewards=[r.score for r in results])
+            items.append((_fixed(f"query[{i}]"), ScoreItem(parsed.messages, parsed.response)))
+            unterminated.append(parsed.unterminated)
+        timeout = self.limits.get_reward_timeout_s
+        results = await self._run(loaded, items, truncate=True, steer=None, timeout=timeout, endpoint="get_reward")
+        rewards = [None if isinstance(r, p.ItemError) else r.score for r in results]
+        logs: dict[str, list[float | None]] = {name: [] for name in loaded.rm.objectives}
+        logs["truncated"], logs["unterminated"] = [], []
+        for r, cut_off in zip(results, unterminated, strict=True):
+            values = {**r.rewards, "truncated": float(r.truncated)} if isinstance(r, ItemResult) else {}
+            values["unterminated"] = float(cut_off)
+            for name, column in logs.items():
+                column.append(values.get(name))
+        errors = [r if isinstance(r, p.ItemError) else None for r in results]
+        return p.GetRewardResponse(
+            rewards=rewards,
+            scores=rewards,
+            extra_logs=logs,
+            unterminated=unterminated,
+            errors=errors if any(errors) else None,
+        )
+
+    def _note_extra_fields(self, names: list[str]) -> None:
+        """Fields a newer OpenRLHF adds are ignored; say so once per name, not once per request."""
+        new = [n for n in names if n not in self._seen_extra]
+        if new:
+            self._seen_extra.update(new)
+            log.info("/get_reward: ignoring unknown request field(s) %s", ", ".join(new))
 
     def models(self) -> p.ModelsResponse:
         """/v1/models: the loaded model as the manifest describes it, the store's versions and the last reload."""
@@ -268,6 +319,14 @@ class Scorer:
                 aliases=r.store.aliases(r.settings.model),
             ),
             last_reload=r.last,
+            limits=p.LimitsInfo(
+                max_items=self.limits.max_items,
+                max_chars=self.limits.max_chars,
+                max_tokens=r.current.rm.config.max_length if r.current else None,
+                request_timeout_s=self.limits.request_timeout_s,
+                max_request_timeout_s=self.limits.max_request_timeout_s,
+                get_reward_timeout_s=self.limits.get_reward_timeout_s,
+            ),
         )
 
 

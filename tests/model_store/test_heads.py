@@ -103,7 +103,7 @@ def test_mask_switches_objectives_off_and_keeps_total_weight(rm: RewardModel) ->
     [
         (Steering(weights={"nonsense": 1.0}), "weights", "unknown objective"),
         (Steering(mask=("nope",)), "mask", "unknown objective"),
-        (Steering(weights={"safety": -1.0}), "weights", "non-negative"),
+        (Steering(weights={"safety": -1.0}), "weights", "between 0 and"),
         (Steering(weights={"safety": 0.0}), "weights", "positive"),
     ],
 )

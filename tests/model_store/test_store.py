@@ -146,3 +146,22 @@ def test_store_cli(tiny_store: ModelStore) -> None:
 def test_duplicate_objective_names_are_refused(tiny_backbone: Backbone) -> None:
     with pytest.raises(ValueError, match="unique"):
         make_artifact(tiny_backbone, objectives=("safety", "verbosity"), rule_objectives=("verbosity",))
+
+
+def test_paths_outside_the_version_folder_are_refused(tiny_store: ModelStore, tmp_path: Path) -> None:
+    """A symlinked version folder is neither listed nor loaded; a manifest may only list plain files of its folder;
+    messages name files relative to the store, never by absolute path."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (tiny_store.root / "tiny" / "v9").symlink_to(outside)
+    assert "v9" not in tiny_store.versions("tiny")
+    with pytest.raises(ArtifactError, match="symbolic link"):
+        tiny_store.load("tiny", "v9")
+
+    path = tiny_store.version_dir("tiny", "v1") / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest["files"]["../../../../etc/hostname"] = "0" * 64
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="not a plain file") as info:
+        tiny_store.verify("tiny", "v1")
+    assert str(tiny_store.root) not in info.value.message and info.value.field == "files"

@@ -20,6 +20,10 @@ class InputTooLongError(InputError):
     """A sequence exceeds the token limit and cannot be truncated under the policy."""
 
 
+class NonFiniteScoreError(InputError):
+    """The input (e.g. extreme steering weights) drove this item's score out of the floating-point range."""
+
+
 class ArtifactError(ArmoError):
     """An artifact is missing, corrupt, partial, or does not match the loaded backbone."""
 

@@ -35,6 +35,11 @@ class Steering:
     mask: Sequence[str] = ()
 
 
+# Steering weights replace gating weights that sum to β (order 1-100); far larger ones only overflow float32 in the
+# worker (3.4e38), where they would fail the batch instead of the request that sent them.
+MAX_STEERING_WEIGHT = 1e6
+
+
 @dataclass(frozen=True)
 class Steer:
     """A validated `Steering` as vectors over this model's objectives, made once per request."""
@@ -147,9 +152,11 @@ class RewardModel:
             )
         weights = None
         if steering.weights is not None:
-            bad = [n for n, w in steering.weights.items() if not w >= 0.0 or w == float("inf")]
+            bad = [n for n, w in steering.weights.items() if not 0.0 <= w <= MAX_STEERING_WEIGHT]
             if bad:
-                raise InputError(f"weights must be finite and non-negative: {', '.join(bad)}", field="weights")
+                raise InputError(
+                    f"weights must be between 0 and {MAX_STEERING_WEIGHT:g}: {', '.join(bad)}", field="weights"
+                )
             if not any(w > 0 for w in steering.weights.values()):
                 raise InputError("at least one weight must be positive", field="weights")
             weights = torch.zeros(len(self.objectives))
@@ -159,6 +166,11 @@ class RewardModel:
         if steering.mask:
             keep = torch.ones(len(self.objectives))
             keep[[self._index[n] for n in steering.mask]] = 0.0
+            left = keep if weights is None else weights * keep
+            if not bool(left.any()):
+                raise InputError(
+                    "the mask switches off every weighted objective: nothing is left to score", field="mask"
+                )
         return Steer(weights, keep)
 
     def prepare(self, item: ScoreItem, *, truncate: bool = True) -> Prepared:

@@ -63,7 +63,9 @@ class ModelStore:
         if not d.is_dir():
             return []
         return sorted(
-            p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != ALIASES_DIR
+            p.name
+            for p in d.iterdir()
+            if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and p.name != ALIASES_DIR
         )
 
     def aliases(self, model: str) -> dict[str, str]:
@@ -80,20 +82,37 @@ class ModelStore:
         alias_file = self.root / _check_name("model", model) / ALIASES_DIR / f"{_check_name('alias', ref)}.json"
         version = self._read_alias(alias_file)["version"] if alias_file.is_file() else ref
         if not self.version_dir(model, version).is_dir():
-            raise StoreError(f"no version or alias {ref!r} for model {model!r} in {self.root}", field="version")
+            raise StoreError(f"no version or alias {ref!r} for model {model!r} in the store", field="version")
         return version
 
+    def _shown(self, path: Path) -> str:
+        """A store path as messages show it: relative to the store root (responses never show absolute paths)."""
+        return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else path.name
+
     def read_manifest(self, model: str, version: str) -> Manifest:
-        path = self.version_dir(model, version) / MANIFEST_FILE
+        d = self.version_dir(model, version)
+        path = d / MANIFEST_FILE
+        if d.is_symlink():
+            raise ArtifactError(f"{self._shown(d)}: a version folder may not be a symbolic link", field="version")
         if not path.is_file():
-            raise ArtifactError(f"{path}: missing {MANIFEST_FILE} (partial or foreign directory)", field=MANIFEST_FILE)
+            raise ArtifactError(
+                f"{self._shown(path)}: missing {MANIFEST_FILE} (partial or foreign directory)", field=MANIFEST_FILE
+            )
         try:
             manifest = Manifest.read(path)
         except ValueError as e:
-            raise ArtifactError(f"{path}: invalid manifest: {e}", field=MANIFEST_FILE) from e
+            raise ArtifactError(f"{self._shown(path)}: invalid manifest: {e}", field=MANIFEST_FILE) from e
         if manifest.schema_version > SCHEMA_VERSION:
             raise ArtifactError(
-                f"{path}: schema version {manifest.schema_version} is newer than this code ({SCHEMA_VERSION})"
+                f"{self._shown(path)}: schema version {manifest.schema_version} is newer than this code "
+                f"({SCHEMA_VERSION})"
+            )
+        if (manifest.model, manifest.version) != (model, version):
+            # A copied folder would otherwise be served under one name and report another (and be reloaded forever).
+            raise ArtifactError(
+                f"{self._shown(path)}: the folder is {model}/{version} but the manifest says "
+                f"{manifest.model}/{manifest.version}",
+                field="version",
             )
         return manifest
 
@@ -102,13 +121,18 @@ class ModelStore:
         manifest = self.read_manifest(model, version)
         d = self.version_dir(model, version)
         if HEADS_FILE not in manifest.files:
-            raise ArtifactError(f"{d / MANIFEST_FILE}: does not list {HEADS_FILE}", field=HEADS_FILE)
+            raise ArtifactError(f"{self._shown(d / MANIFEST_FILE)}: does not list {HEADS_FILE}", field=HEADS_FILE)
         for name, digest in manifest.files.items():
             f = d / name
+            if Path(name).name != name or name in (".", "..") or f.is_symlink():
+                raise ArtifactError(
+                    f"{self._shown(d / MANIFEST_FILE)}: {name!r} is not a plain file of the version folder",
+                    field="files",
+                )
             if not f.is_file():
-                raise ArtifactError(f"{f}: file listed in the manifest is missing", field=name)
+                raise ArtifactError(f"{self._shown(f)}: file listed in the manifest is missing", field=name)
             if sha256_file(f) != digest:
-                raise ArtifactError(f"{f}: sha256 mismatch (corrupt or modified file)", field=name)
+                raise ArtifactError(f"{self._shown(f)}: sha256 mismatch (corrupt or modified file)", field=name)
         return manifest
 
     def load(self, model: str, ref: str = DEFAULT_ALIAS) -> tuple[Manifest, ArmoHead]:
@@ -120,7 +144,7 @@ class ModelStore:
         try:
             head.load_state_dict(load_file(str(path)), strict=True)
         except (RuntimeError, SafetensorError) as e:
-            raise ArtifactError(f"{path}: weights do not match the manifest: {e}", field=HEADS_FILE) from e
+            raise ArtifactError(f"{self._shown(path)}: weights do not match the manifest: {e}", field=HEADS_FILE) from e
         return manifest, head.eval()
 
     # -- writing ------------------------------------------------------------------------------------------
@@ -174,7 +198,7 @@ class ModelStore:
             data = json.loads(path.read_text(encoding="utf-8"))
             return _Alias(version=str(data["version"]), history=[str(v) for v in data.get("history", [])])
         except (OSError, ValueError, TypeError, KeyError) as e:
-            raise StoreError(f"{path}: unreadable alias file: {e}", field="alias") from e
+            raise StoreError(f"{self._shown(path)}: unreadable alias file: {e}", field="alias") from e
 
     def promote(self, model: str, version: str, alias: str = DEFAULT_ALIAS) -> None:
         """Point `alias` at `version` (which must verify), remembering the previous target for rollback."""

@@ -19,6 +19,7 @@ from armo.service.auth import Auth
 from armo.service.batcher import MicroBatcher
 from armo.service.errors import (
     ErrorResponse,
+    MalformedBodyError,
     MethodNotAllowedError,
     NotFoundError,
     describe,
@@ -61,8 +62,19 @@ def _install_error_handlers(app: FastAPI) -> None:
             return _respond(request, describe(NotFoundError(f"no route {request.url.path}"), request_id_var.get()))
         if exc.status_code == 405:
             err = MethodNotAllowedError(f"{request.method} is not allowed on {request.url.path}")
-            return _respond(request, describe(err, request_id_var.get()))
-        body = {"error": {"type": "http_error", "message": str(exc.detail), "field": None}}
+            resp = describe(err, request_id_var.get())
+            resp.headers.update({k: v for k, v in (exc.headers or {}).items() if k.lower() == "allow"})
+            return _respond(request, resp)
+        if exc.status_code == 400:  # the body could not be decoded at all (invalid UTF-8, nesting too deep …)
+            return _respond(request, describe(MalformedBodyError(str(exc.detail), field="body"), request_id_var.get()))
+        body = {
+            "error": {
+                "type": "http_error",
+                "message": str(exc.detail),
+                "field": None,
+                "request_id": request_id_var.get(),
+            }
+        }
         request.scope[ERROR_TYPE_KEY] = "http_error"
         return JSONResponse(body, status_code=exc.status_code)
 

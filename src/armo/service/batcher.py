@@ -195,7 +195,13 @@ class MicroBatcher:
             results = await loop.run_in_executor(self._executor, self._forward, batch[0].model, prepared, steers)
         except Exception:
             self.metrics.batch_failures.inc()
-            log.exception("forward pass failed for a batch of %d items (%d requests)", len(prepared), len(batch))
+            log.exception("forward pass failed for a batch of %d items (%d jobs)", len(prepared), len(batch))
+            if len(batch) > 1:
+                # Another caller's input may have caused it: each job again on its own, so only its jobs fail.
+                for job in batch:
+                    if not job.done:
+                        await self._run_batch([job])
+                return
             for job in batch:
                 if not job.done:
                     job.future.set_exception(BatchFailedError("scoring failed for this batch; retry the request"))

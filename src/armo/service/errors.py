@@ -20,6 +20,7 @@ from armo.model_store.errors import (
     InputError,
     InputTooLongError,
     ModelNotLoadedError,
+    NonFiniteScoreError,
     StoreError,
 )
 
@@ -98,6 +99,7 @@ TABLE: tuple[tuple[type[BaseException], ErrorKind], ...] = (
     (ReloadInProgressError, ErrorKind(409, "reload_in_progress")),
     (BodyTooLargeError, ErrorKind(413, "body_too_large")),
     (InputTooLongError, ErrorKind(422, "input_too_long")),
+    (NonFiniteScoreError, ErrorKind(422, "non_finite_score")),
     (InputError, ErrorKind(422, "input_error")),
     (QueueFullError, ErrorKind(429, "queue_full")),
     (ClientDisconnectedError, ErrorKind(499, "client_disconnected")),
@@ -128,8 +130,19 @@ class ErrorResponse:
         return str(self.body["error"]["type"])
 
 
+def clean(text: str) -> str:
+    """Text that can always be encoded as JSON in UTF-8: messages echo request content (an unknown objective's name,
+    a field path), and a lone surrogate in it would otherwise fail the response itself."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _body(kind: ErrorKind, message: str, fld: str | None, request_id: str | None, **extra: Any) -> dict[str, Any]:
-    err: dict[str, Any] = {"type": kind.type, "message": message, "field": fld, "request_id": request_id}
+    err: dict[str, Any] = {
+        "type": kind.type,
+        "message": clean(message),
+        "field": None if fld is None else clean(fld),
+        "request_id": request_id,
+    }
     err.update(extra)
     return {"error": err}
 
@@ -168,7 +181,9 @@ def describe_validation(errors: Sequence[dict[str, Any]], request_id: str | None
         ctx = first.get("ctx") or {}
         message = f"malformed JSON: {ctx.get('error', 'cannot parse the body')}"
         return describe(MalformedBodyError(message, field="body"), request_id)
-    details = [{"field": field_path(e.get("loc", ())), "message": str(e.get("msg", "invalid"))} for e in errors]
+    details = [
+        {"field": clean(field_path(e.get("loc", ()))), "message": clean(str(e.get("msg", "invalid")))} for e in errors
+    ]
     first = details[0] if details else {"field": "body", "message": "invalid request"}
     message = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
     return ErrorResponse(

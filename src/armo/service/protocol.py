@@ -94,7 +94,12 @@ class GetRewardRequest(BaseModel):
 
 
 class ReloadRequest(_Strict):
-    version: str | None = Field(default=None, description="Version or alias to load; default: the configured alias.")
+    version: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Version or alias to load and pin (the watcher leaves a pin until the alias moves); default: "
+        "the configured alias, which also releases a pin.",
+    )
 
 
 # -- responses -------------------------------------------------------------------------------------------------

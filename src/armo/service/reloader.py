@@ -80,6 +80,9 @@ class Reloader:
         self.last: ReloadStatus | None = None
         self._lock = asyncio.Lock()
         self._failed_version: str | None = None  # the watcher does not retry a refused version by itself
+        # An admin's pin to a version other than the alias's: (pinned version, the alias's target when pinned). The
+        # watcher leaves it in place until the alias itself moves; an admin reload without a version releases it.
+        self._pin: tuple[str, str | None] | None = None
         self._watcher: asyncio.Task[None] | None = None
 
     # -- loading (worker thread) --------------------------------------------------------------------------
@@ -140,12 +143,17 @@ class Reloader:
             try:
                 version = self.store.resolve(self.settings.model, target)
                 if self.current is not None and self.current.version == version:
+                    self._note_pin(source, ref, version)
                     status = ReloadStatus(result="unchanged", version=version, at=_now())
                     self.metrics.reloads.labels("unchanged").inc()
                     self.last = status
                     return status
                 loop = asyncio.get_running_loop()
                 loaded, fresh = await loop.run_in_executor(self.executor, self._load, version)
+            except StoreError as e:
+                if source != "admin":  # an admin's unknown name leaves last_reload showing the last real attempt
+                    self._record_failure(version or target, e, time.perf_counter() - started, source)
+                raise
             except ArmoError as e:
                 self._record_failure(version or target, e, time.perf_counter() - started, source)
                 raise
@@ -155,6 +163,7 @@ class Reloader:
             previous = self.current
             self.current = loaded  # the swap: one reference assignment, atomic for every reader
             self._failed_version = None
+            self._note_pin(source, ref, loaded.version)
             seconds = time.perf_counter() - started
             bb = loaded.rm.backbone
             self.metrics.set_model(loaded.rm.name, loaded.version, bb.id, bb.revision)
@@ -191,13 +200,29 @@ class Reloader:
             extra={"event": "reload_failed", "source": source, "version": version, "error": message},
         )
 
+    def _alias_target(self) -> str | None:
+        try:
+            return self.store.resolve(self.settings.model, self.settings.alias)
+        except StoreError:
+            return None
+
+    def _note_pin(self, source: str, ref: str | None, version: str) -> None:
+        if source != "admin":
+            return
+        alias = self._alias_target()
+        self._pin = (version, alias) if ref is not None and version != alias else None
+
     # -- watcher ------------------------------------------------------------------------------------------
     async def check(self) -> ReloadStatus | None:
-        """One watcher tick: reload if the alias points at a version that is neither served nor refused."""
-        try:
-            version = self.store.resolve(self.settings.model, self.settings.alias)
-        except StoreError:
+        """One watcher tick: reload if the alias points at a version that is neither served nor refused, unless an
+        admin pinned a version and the alias has not moved since."""
+        version = self._alias_target()
+        if version is None:
             return None  # nothing published (yet); the startup attempt already recorded why
+        if self._pin is not None:
+            if self._pin[1] == version:
+                return None
+            self._pin = None  # the alias moved: it is followed again
         if (self.current is not None and version == self.current.version) or version == self._failed_version:
             return None
         with contextlib.suppress(ArmoError):

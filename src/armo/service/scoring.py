@@ -18,12 +18,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from armo.model_store.errors import ArmoError, InputError, ModelNotLoadedError
+from armo.model_store.errors import ArmoError, InputError, ModelNotLoadedError, NonFiniteScoreError
 from armo.model_store.reward_model import ItemResult, Prepared, RewardModel, ScoreItem, Steer, Steering
 from armo.service import protocol as p
 from armo.service.batcher import MicroBatcher
 from armo.service.chat_template import parse
-from armo.service.errors import kind_of
+from armo.service.errors import clean, kind_of
 from armo.service.metrics import ServiceMetrics
 from armo.service.reloader import LoadedModel, Reloader
 
@@ -63,6 +63,12 @@ def _namer(prefix: str, *, prompt: bool, response: str | None = None) -> Namer:
 
 def _fixed(name: str) -> Namer:
     return lambda _: name
+
+
+def _item_error(e: ArmoError) -> p.ItemError:
+    return p.ItemError(
+        type=kind_of(e).type, message=clean(e.message), field=None if e.field is None else clean(e.field)
+    )
 
 
 def _sigmoid(x: float) -> float:
@@ -124,9 +130,6 @@ class Scorer:
                 out.append(rm.prepare(item, truncate=truncate))
             except ArmoError as e:
                 out.append(type(e)(e.message, field=namer(e.field)))
-        failed = [x for x in out if isinstance(x, ArmoError)]
-        if failed and len(failed) == len(out):
-            raise failed[0]  # nothing to score: the request carries the (first) item's error
         return out
 
     async def _run(
@@ -139,25 +142,31 @@ class Scorer:
         timeout: float,
         endpoint: str,
     ) -> list[ItemResult | p.ItemError]:
-        """Results in item order; an item that could not be prepared is its error."""
+        """Results in item order; an item that could not be prepared or scored is its error."""
         rm = loaded.rm
         loop = asyncio.get_running_loop()
         prepared = await loop.run_in_executor(self._prepare_pool, self._prepare_all, rm, items, truncate)
         good = [x for x in prepared if isinstance(x, Prepared)]
-        results = iter(await self.batcher.submit(rm, good, timeout=timeout, steer=steer))
+        results = iter(await self.batcher.submit(rm, good, timeout=timeout, steer=steer) if good else [])
         self.metrics.items.labels(endpoint).inc(len(good))
-        out: list[ItemResult | p.ItemError] = []
-        for x in prepared:
+        out: list[ItemResult | ArmoError] = []
+        for x, (namer, _) in zip(prepared, items, strict=True):
             if isinstance(x, ArmoError):
-                out.append(p.ItemError(type=kind_of(x).type, message=x.message, field=x.field))
+                out.append(x)
                 continue
             res = next(results)
+            if not math.isfinite(res.score):  # never sent as a number: JSON has none, and an RL loop would crash
+                out.append(NonFiniteScoreError("the score is not a finite number", field=namer(None)))
+                continue
             if res.truncated:
                 self.metrics.truncations.inc()
             if steer is None:
                 self.metrics.observe_item(res.score, x.encoded.response_tokens, res.rewards, res.weights)
             out.append(res)
-        return out
+        failed = [r for r in out if isinstance(r, ArmoError)]
+        if failed and len(failed) == len(out):
+            raise failed[0]  # nothing to return: the request carries the (first) item's error
+        return [_item_error(r) if isinstance(r, ArmoError) else r for r in out]
 
     # -- endpoints ----------------------------------------------------------------------------------------
     def _items(self, items: Sequence[p.ScoreInput]) -> list[tuple[Namer, ScoreItem]]:

@@ -92,7 +92,12 @@ class Settings(BaseSettings):
         description="Batch-sized jobs waiting for the worker (a request larger than one batch is several); beyond "
         "that → 429.",
     )
-    retry_after_s: int = Field(default=1, ge=0, description="Retry-After seconds sent with a 429.")
+    max_queue_tokens: int = Field(
+        default=1_048_576, ge=1, description="Real tokens waiting for the worker; beyond that → 429."
+    )
+    retry_after_s: int = Field(
+        default=1, ge=0, description="Retry-After seconds sent with a 429 (more when the queued work says so)."
+    )
     request_timeout_s: float = Field(
         default=30.0, gt=0, description="Deadline of a request that names none (`timeout_s`) → 504."
     )
@@ -121,6 +126,13 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Largest accepted request body → 413.")
     top_contributors: int = Field(default=3, ge=1, description="How many top contributors /v1/explain lists.")
+
+    drain_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="On SIGTERM: readiness turns 503 and new requests get 503 at once; queued work is scored for "
+        "this long, then what is left gets a JSON 503 shutting_down (uvicorn's graceful timeout is this + 2 s).",
+    )
 
     # -- auth -----------------------------------------------------------------------------------------------
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
@@ -206,6 +218,7 @@ class Settings(BaseSettings):
             max_tokens=self.max_batch_tokens,
             max_wait_s=self.max_wait_ms / 1000.0,
             max_queue=self.max_queue,
+            max_queue_tokens=self.max_queue_tokens,
             retry_after_s=self.retry_after_s,
         )
 

@@ -173,3 +173,54 @@ async def test_stopping_fails_queued_and_running_requests_instead_of_hanging(tin
         assert all(isinstance(r, ShuttingDownError) for r in results), results
         with pytest.raises(ShuttingDownError):  # a stopped batcher takes no new work
             await batcher.submit(rm, [rm.prepare(ScoreItem(CONV, "c"))], timeout=30)
+
+
+async def test_work_that_cannot_finish_in_time_is_refused_at_once(tiny_store: ModelStore) -> None:
+    """With the worker busy and more queued work than it gets through before the deadline, a request is refused in
+    milliseconds with a Retry-After from the queued work, instead of waiting its deadline for a 504."""
+    async with serve(make_settings(tiny_store, max_batch_items=2)) as (app, client):
+        rm = current_rm(app)
+        batcher = services(app).batcher
+        assert (await client.post("/v1/score", json={"items": [item()] * 4}, headers=AUTH)).status_code == 200
+        assert batcher._rate is not None  # measured on the batches that ran
+        gate = Gate(rm)
+        try:
+            blocker = asyncio.create_task(batcher.submit(rm, [rm.prepare(ScoreItem(CONV, "a"))], timeout=60))
+            await gate.wait_entered()
+            queued = [rm.prepare(ScoreItem(CONV, f"queued {i}")) for i in range(40)]
+            backlog = asyncio.create_task(batcher.submit(rm, queued, timeout=60))
+            await wait_until(lambda: batcher.depth >= 10)
+            batcher._rate = 10.0  # a slow worker: the backlog takes far longer than a short deadline
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            r = await client.post("/v1/score", json={"items": [item()], "timeout_s": 1}, headers=AUTH)
+            elapsed = loop.time() - started
+            assert r.status_code == 429 and r.json()["error"]["type"] == "queue_full", r.text
+            assert "deadline" in r.json()["error"]["message"] and int(r.headers["retry-after"]) > 1
+            assert elapsed < 0.5
+            gate.release()
+            await asyncio.gather(blocker, backlog)
+        finally:
+            gate.restore()
+
+
+async def test_draining_turns_ready_and_new_work_away_then_answers_the_rest(tiny_store: ModelStore) -> None:
+    async with serve(make_settings(tiny_store)) as (app, client):
+        rm = current_rm(app)
+        batcher = services(app).batcher
+        gate = Gate(rm)
+        try:
+            running = asyncio.create_task(batcher.submit(rm, [rm.prepare(ScoreItem(CONV, "a"))], timeout=30))
+            await gate.wait_entered()
+            queued = asyncio.create_task(batcher.submit(rm, [rm.prepare(ScoreItem(CONV, "b"))], timeout=30))
+            await wait_until(lambda: batcher.depth == 1)
+            batcher.begin_drain(0.2)  # what SIGTERM calls
+            await wait_until(lambda: batcher.draining)
+            ready = await client.get("/ready")
+            assert ready.status_code == 503 and ready.json()["error"]["type"] == "shutting_down"
+            late = await client.post("/v1/score", json={"items": [item()]}, headers=AUTH)
+            assert late.status_code == 503 and late.json()["error"]["type"] == "shutting_down"
+            results = await asyncio.gather(running, queued, return_exceptions=True)  # the drain period ends
+            assert all(isinstance(r, ShuttingDownError) for r in results), results
+        finally:
+            gate.restore()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,3 +75,41 @@ def test_armo_serve_over_http(
     assert any(x.get("event") == "reload" and x.get("version") == "v2" for x in lines)
     assert any(x.get("event") == "stop" for x in lines), lines[-3:]  # the lifespan ran to the end: graceful
     assert API_KEY not in log.read_text() and ADMIN_KEY not in log.read_text()
+
+
+def test_sigterm_with_more_queued_work_than_the_drain_period(tiny_store: ModelStore, tmp_path: Path) -> None:
+    """Queued work longer than ARMO_DRAIN_S: every request is either scored or answered with the JSON 503
+    `shutting_down` (never a plain-text 500 or a dropped connection), and the process exits within the drain
+    period plus uvicorn's margin."""
+    settings = {"ARMO_DRAIN_S": "1", "ARMO_MAX_BATCH_ITEMS": "1", "ARMO_MAX_QUEUE": "100000"}
+    with armo_server(tiny_store, tmp_path, **settings) as server:
+        outcomes: list[tuple[int, str]] = []
+
+        def heavy(n: int) -> None:
+            body = {"items": [item(f"answer {n}-{i} " * 20) for i in range(300)], "timeout_s": 120}
+            try:
+                r = httpx.post(f"{server.url}/v1/score", json=body, headers=AUTH, timeout=60)
+                outcomes.append((r.status_code, r.json().get("error", {}).get("type", "ok")))
+            except httpx.HTTPError as e:  # a dropped connection is a failure of the test
+                outcomes.append((0, type(e).__name__))
+
+        threads = [threading.Thread(target=heavy, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            end = time.monotonic() + 30
+            while sample_value(client.get("/metrics").text, "armo_queue_depth") < 100:  # the backlog is queued
+                assert time.monotonic() < end
+                time.sleep(0.05)
+            stopped = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)  # uvicorn closes its socket: new connections are refused
+        for t in threads:
+            t.join(60)
+        assert server.proc.wait(30) in (0, -signal.SIGTERM)
+        assert time.monotonic() - stopped < 1 + 2 + 5
+    assert len(outcomes) == 4 and all(o in ((200, "ok"), (503, "shutting_down")) for o in outcomes), outcomes
+    assert (503, "shutting_down") in outcomes  # there really was more work than the drain period
+
+
+def sample_value(text: str, name: str) -> float:
+    return next(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +42,8 @@ class BatcherConfig:
     max_items: int  # items merged into one worker batch
     max_tokens: int  # real tokens merged into one worker batch
     max_wait_s: float
-    max_queue: int
+    max_queue: int  # batch-sized jobs waiting
+    max_queue_tokens: int  # real tokens waiting
     retry_after_s: int
 
 
@@ -79,11 +81,38 @@ class MicroBatcher:
         self._task: asyncio.Task[None] | None = None
         self._inflight: list[_Job] = []  # the batch being collected or run (failed on stop, never lost)
         self._closed = False
+        self._queued_tokens = 0  # real tokens of the jobs in the queue (cancelled ones until they are dropped)
+        self._rate: float | None = None  # tokens/s of recent forward passes (moving average), for admission
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.draining = False  # the process is stopping: no new work; what cannot finish gets a 503
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="armo-batcher")
+            self._loop = asyncio.get_running_loop()
+            self._task = self._loop.create_task(self._run(), name="armo-batcher")
+
+    def begin_drain(self, seconds: float) -> None:
+        """The process got SIGTERM (any thread): refuse new work, keep scoring what is queued for `seconds`, then
+        answer whatever is left with 503 `shutting_down` — while the server can still send it, before its own
+        graceful timeout cancels the handlers."""
+        if self._loop is None or self.draining:
+            return
+        self._loop.call_soon_threadsafe(self._drain, seconds)
+
+    def _drain(self, seconds: float) -> None:
+        self.draining = True
+        assert self._loop is not None
+        self._loop.call_later(seconds, self._fail_pending, "the service stopped before this request was scored; retry")
+
+    def _fail_pending(self, message: str) -> None:
+        pending = [*self._inflight, *([self._carry] if self._carry else [])]
+        self._inflight, self._carry = [], None
+        while not self._queue.empty():
+            pending.append(self._take(self._queue.get_nowait()))
+        for job in pending:
+            if not job.done:
+                job.future.set_exception(ShuttingDownError(message))
 
     async def stop(self) -> None:
         self._closed = True
@@ -92,13 +121,7 @@ class MicroBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        pending = [*self._inflight, *([self._carry] if self._carry else [])]
-        self._inflight, self._carry = [], None
-        while not self._queue.empty():
-            pending.append(self._queue.get_nowait()[2])
-        for job in pending:
-            if not job.done:
-                job.future.set_exception(ShuttingDownError("the service is shutting down; retry"))
+        self._fail_pending("the service is shutting down; retry")
         # Never wait for a forward pass still running in the thread: shutdown must not hang on it.
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -117,24 +140,17 @@ class MicroBatcher:
     ) -> list[ItemResult]:
         """Score `items` with `model`; results in order. Raises QueueFullError at once when the queue cannot take
         the whole request. Cancelling the caller (its client left) cancels its jobs: queued ones are then skipped."""
-        if self._closed:
+        if self._closed or self.draining:
             raise ShuttingDownError("the service is shutting down; retry")
         chunks = cut([Piece(p.tokens) for p in items], self._budget, padded=False)
-        waiting = self._queue.qsize()
-        # A request larger than the whole queue is still served when nothing waits: it is never refused forever.
-        if waiting and waiting + len(chunks) > self.config.max_queue:
-            self.metrics.queue_rejections.inc()
-            raise QueueFullError(
-                f"the scoring queue is full ({waiting} of {self.config.max_queue} batch-sized jobs "
-                f"waiting, this request needs {len(chunks)}); retry later",
-                retry_after=self.config.retry_after_s,
-            )
+        self.admit(sum(p.tokens for p in items), len(chunks), timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         jobs = [_Job(model, [items[i] for i in c], steer, loop.create_future(), deadline) for c in chunks]
         arrival = next(self._arrivals)
         for index, job in enumerate(jobs):
             self._queue.put_nowait((index, arrival, job))
+            self._queued_tokens += job.piece.tokens
         self.metrics.queue_depth.set(self.depth)
         try:
             # wait_for cancels the futures on timeout; the worker then skips (or discards) the jobs.
@@ -144,12 +160,43 @@ class MicroBatcher:
             raise DeadlineExceededError(f"the request was not scored within its deadline of {timeout:.3g} s") from None
         return [r for part in parts for r in part]
 
+    def admit(self, tokens: int, jobs: int, timeout: float) -> None:
+        """Raise QueueFullError (429 + Retry-After) at once when the queue cannot take this work: too many jobs or
+        tokens waiting, or more queued work than the worker gets through before this request's deadline — then the
+        request would only wait and time out, and its forward pass would be wasted. A request is never refused
+        while nothing waits."""
+        waiting = self._queue.qsize()
+        if not waiting:
+            return
+        reason = None
+        if waiting + jobs > self.config.max_queue:
+            reason = f"{waiting} of {self.config.max_queue} batch-sized jobs waiting, this request needs {jobs}"
+        elif self._queued_tokens + tokens > self.config.max_queue_tokens:
+            reason = (
+                f"{self._queued_tokens} of {self.config.max_queue_tokens} tokens waiting, this request has {tokens}"
+            )
+        retry_after = self.config.retry_after_s
+        if reason is None and self._rate:
+            wait = self._queued_tokens / self._rate
+            if wait > timeout:
+                reason = (
+                    f"the work queued ahead takes about {wait:.0f} s, over this request's deadline of {timeout:g} s"
+                )
+                retry_after = max(retry_after, math.ceil(wait - timeout))
+        if reason is not None:
+            self.metrics.queue_rejections.inc()
+            raise QueueFullError(f"the scoring queue is full ({reason}); retry later", retry_after=retry_after)
+
     # -- worker side --------------------------------------------------------------------------------------
+    def _take(self, entry: tuple[int, int, _Job]) -> _Job:
+        self._queued_tokens -= entry[2].piece.tokens
+        return entry[2]
+
     async def _next_job(self) -> _Job:
         if self._carry is not None:
             job, self._carry = self._carry, None
             return job
-        return (await self._queue.get())[2]
+        return self._take(await self._queue.get())
 
     def _fits(self, batch: list[_Job], load: Load, job: _Job) -> bool:
         return job.model is batch[0].model and fits(load, job.piece, self._budget, padded=False)
@@ -163,7 +210,7 @@ class MicroBatcher:
         while load.rows < self.config.max_items:
             remaining = until - loop.time()
             try:
-                _, _, job = (
+                job = self._take(
                     self._queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(self._queue.get(), remaining)
                 )
             except (asyncio.QueueEmpty, TimeoutError):
@@ -206,7 +253,11 @@ class MicroBatcher:
                 if not job.done:
                     job.future.set_exception(BatchFailedError("scoring failed for this batch; retry the request"))
             return
-        self.metrics.observe_batch(len(prepared), tokens, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.metrics.observe_batch(len(prepared), tokens, seconds)
+        if seconds > 0:
+            rate = tokens / seconds
+            self._rate = rate if self._rate is None else 0.7 * self._rate + 0.3 * rate
         offset = 0
         for job in batch:
             part, offset = results[offset : offset + len(job.items)], offset + len(job.items)

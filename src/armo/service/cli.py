@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import FrameType
+
 import typer
 from pydantic import ValidationError
 
@@ -29,14 +31,24 @@ def serve(
         raise typer.Exit(code=2) from None
     configure(settings.log_level, settings.log_json)
     app = create_app(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host or settings.host,
         port=settings.port if port is None else port,
         log_config=None,  # keep the JSON handlers installed by configure()
         access_log=False,  # the service writes its own access log, with request ids
-        timeout_graceful_shutdown=10,
+        # One setting: the service answers everything it holds within drain_s, and uvicorn cancels nothing before.
+        timeout_graceful_shutdown=int(settings.drain_s) + 2,
     )
+    services = app.state.services
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if not self.should_exit:
+                services.batcher.begin_drain(settings.drain_s)
+            super().handle_exit(sig, frame)
+
+    DrainingServer(config).run()
 
 
 def main() -> None:

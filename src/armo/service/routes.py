@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from armo.model_store.errors import ModelNotLoadedError
 from armo.service import protocol as p
 from armo.service.cancellation import unless_disconnected
+from armo.service.errors import ShuttingDownError
 from armo.service.state import Services, services_of
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -81,6 +82,8 @@ def build_router(services: Services) -> APIRouter:
         responses={503: {"model": p.ErrorBody, "description": "No model loaded"}},
     )
     async def ready(request: Request) -> p.ReadyResponse:
+        if services_of(request).batcher.draining:  # a load balancer stops sending before the work is refused
+            raise ShuttingDownError("the service is stopping")
         loaded = services_of(request).reloader.current
         if loaded is None:
             raise ModelNotLoadedError("no model loaded")

@@ -144,6 +144,11 @@ class Scorer:
     ) -> list[ItemResult | p.ItemError]:
         """Results in item order; an item that could not be prepared or scored is its error."""
         rm = loaded.rm
+        # Refuse at once, before any tokenising, when the queue cannot take this much work (a cheap estimate:
+        # about four characters a token); under overload a 429 must cost milliseconds, not a tokenizer queue.
+        chars = sum(len(it.response) + sum(len(m.get("content", "")) for m in it.messages) for _, it in items)
+        per_job = self.batcher.config.max_items
+        self.batcher.admit(chars // 4, -(-len(items) // per_job), timeout)
         loop = asyncio.get_running_loop()
         prepared = await loop.run_in_executor(self._prepare_pool, self._prepare_all, rm, items, truncate)
         good = [x for x in prepared if isinstance(x, Prepared)]

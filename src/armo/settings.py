@@ -125,6 +125,11 @@ class Settings(BaseSettings):
         "truncated (cut: every RL rollout gets a reward), or refuse it with a 422 on `response` (error).",
     )
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Largest accepted request body → 413.")
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Time for a whole request body to arrive → 408 (a stalled upload must not hold its memory).",
+    )
     top_contributors: int = Field(default=3, ge=1, description="How many top contributors /v1/explain lists.")
 
     drain_s: float = Field(

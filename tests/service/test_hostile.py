@@ -132,3 +132,10 @@ async def test_a_copied_version_folder_is_refused_once(tiny_store: ModelStore) -
         assert 'armo_reloads_total{result="failure"} 1.0' in metrics  # once, not once per tick
         assert reloader.current is not None and reloader.current.version == "v1"
         assert (await client.post("/v1/score", json={"items": [item()]}, headers=AUTH)).status_code == 200
+
+
+async def test_the_openapi_schema_states_exactly_one_of_messages_or_prompt(api: Api) -> None:
+    _, client = api
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    for name in ("ScoreInput", "CompareRequest"):
+        assert schemas[name]["oneOf"] == [{"required": ["messages"]}, {"required": ["prompt"]}], name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -113,3 +114,24 @@ def test_sigterm_with_more_queued_work_than_the_drain_period(tiny_store: ModelSt
 
 def sample_value(text: str, name: str) -> float:
     return next(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+
+def test_a_stalled_upload_gets_408_and_lets_go(tiny_store: ModelStore, tmp_path: Path) -> None:
+    """A client that announces more body than it sends is answered (JSON 408 naming the body) once the body timeout
+    has passed, instead of holding the connection and its buffer indefinitely."""
+    with armo_server(tiny_store, tmp_path, ARMO_BODY_TIMEOUT_S="1") as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            head = (
+                "POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Authorization: {AUTH['Authorization']}\r\nContent-Length: 100000\r\n\r\n"
+            )
+            sock.sendall(head.encode() + b'{"items": [')
+            started = time.monotonic()
+            reply = sock.recv(65536).decode()
+            waited = time.monotonic() - started
+        assert reply.startswith("HTTP/1.1 408"), reply[:200]
+        body = json.loads(reply.split("\r\n\r\n", 1)[1])
+        assert body["error"]["type"] == "body_timeout" and body["error"]["field"] == "body"
+        assert 0.8 < waited < 5
+        assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200

@@ -127,5 +127,10 @@ def create_app(settings: Settings | None = None, *, backbone_loader: BackboneLoa
     app.state.services = services
     _install_error_handlers(app)
     app.include_router(build_router(services))
-    app.add_middleware(RequestMiddleware, metrics=services.metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestMiddleware,
+        metrics=services.metrics,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+    )
     return app

@@ -61,6 +61,10 @@ class BodyTooLargeError(ServiceError):
     """The request body exceeds the configured limit."""
 
 
+class BodyTimeoutError(ServiceError):
+    """The body did not arrive in time (a stalled upload, or a Content-Length larger than what was sent)."""
+
+
 class MalformedBodyError(ServiceError):
     """The body is not valid JSON."""
 
@@ -97,6 +101,7 @@ TABLE: tuple[tuple[type[BaseException], ErrorKind], ...] = (
     (MethodNotAllowedError, ErrorKind(405, "method_not_allowed")),
     (ArtifactError, ErrorKind(409, "artifact_refused")),
     (ReloadInProgressError, ErrorKind(409, "reload_in_progress")),
+    (BodyTimeoutError, ErrorKind(408, "body_timeout")),
     (BodyTooLargeError, ErrorKind(413, "body_too_large")),
     (InputTooLongError, ErrorKind(422, "input_too_long")),
     (NonFiniteScoreError, ErrorKind(422, "non_finite_score")),

@@ -6,6 +6,7 @@ batcher can still ask whether the client disconnected.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -14,7 +15,7 @@ from typing import Any
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from armo.service.errors import BodyTooLargeError, describe
+from armo.service.errors import BodyTimeoutError, BodyTooLargeError, describe
 from armo.service.logs import new_request_id, request_id_var
 from armo.service.metrics import ServiceMetrics
 
@@ -31,25 +32,34 @@ def route_label(scope: Scope) -> str:
 
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: ServiceMetrics, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: ServiceMetrics, max_body_bytes: int, body_timeout_s: float) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
-    async def _reject(self, send: Send, request_id: str, error: BodyTooLargeError) -> int:
+    async def _reject(self, send: Send, request_id: str, error: BodyTooLargeError | BodyTimeoutError) -> int:
         resp = describe(error, request_id)
         body = json.dumps(resp.body).encode()
-        headers = [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode())]
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", request_id.encode()),
+            (b"connection", b"close"),  # the rest of the body is never read: the connection cannot be reused
+        ]
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return resp.status
 
     async def _read_body(self, receive: Receive) -> tuple[bytes, bool]:
-        """(body, too large). Stops reading as soon as the limit is passed."""
+        """(body, too large). Stops reading as soon as the limit is passed; TimeoutError when the whole body has not
+        arrived within the body timeout (a stalled or abandoned upload must not hold its memory)."""
         chunks: list[bytes] = []
         size = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout_s
         while True:
-            message = await receive()
+            message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
             if message["type"] == "http.disconnect":
                 return b"".join(chunks), False
             chunk = message.get("body", b"")
@@ -85,7 +95,13 @@ class RequestMiddleware:
                 status = await self._reject(send, request_id, too_large)
                 return
             if scope["method"] in ("POST", "PUT", "PATCH"):
-                body, over = await self._read_body(receive)
+                try:
+                    body, over = await self._read_body(receive)
+                except TimeoutError:
+                    scope[ERROR_TYPE_KEY] = "body_timeout"
+                    late = BodyTimeoutError(f"the body did not arrive within {self.body_timeout_s:g} s", field="body")
+                    status = await self._reject(send, request_id, late)
+                    return
                 if over:
                     scope[ERROR_TYPE_KEY] = "body_too_large"
                     status = await self._reject(send, request_id, too_large)

@@ -23,6 +23,12 @@ class ChatMessage(_Strict):
 
 
 class _Conversation(_Strict):
+    # "Exactly one of messages / prompt", stated in the schema too, so schema-driven clients and fuzzers can build
+    # valid requests.
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"oneOf": [{"required": ["messages"]}, {"required": ["prompt"]}]}
+    )
+
     messages: list[ChatMessage] | None = Field(
         default=None, description="OpenAI-style turns (system/user/assistant) ending with a user turn."
     )

@@ -224,3 +224,29 @@ async def test_draining_turns_ready_and_new_work_away_then_answers_the_rest(tiny
             assert all(isinstance(r, ShuttingDownError) for r in results), results
         finally:
             gate.restore()
+
+
+async def test_a_busy_caller_does_not_starve_another(tiny_store: ModelStore) -> None:
+    """One API key queues a rollout batch of 20 batch-sized jobs; another key's single request, arriving after it,
+    is scored next rather than after all of them."""
+    async with serve(make_settings(tiny_store, max_batch_items=2)) as (app, _):
+        rm = current_rm(app)
+        batcher = services(app).batcher
+        gate = Gate(rm)
+        try:
+            blocker = asyncio.create_task(batcher.submit(rm, [rm.prepare(ScoreItem(CONV, "a"))], timeout=60))
+            await gate.wait_entered()
+            big = [rm.prepare(ScoreItem(CONV, f"rollout {i}")) for i in range(40)]
+            busy = asyncio.create_task(batcher.submit(rm, big, timeout=60, caller="key-0"))
+            await wait_until(lambda: batcher.depth == 20)
+            other = asyncio.create_task(
+                batcher.submit(rm, [rm.prepare(ScoreItem(CONV, "b"))], timeout=60, caller="key-1")
+            )
+            await wait_until(lambda: batcher.depth == 21)
+            gate.release()
+            await other
+            assert not busy.done()  # the busy caller's batch is still being worked through
+            assert gate.batches[:3] == [1, 2, 1]  # blocker, the busy caller's first job, then the other caller
+            await asyncio.gather(blocker, busy)
+        finally:
+            gate.restore()

@@ -18,12 +18,21 @@ def _bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def _matches(token: str, keys: list[str]) -> bool:
-    # Compare against every key (no early exit) so timing does not reveal which key prefix matched.
-    found = False
-    for key in keys:
-        found |= hmac.compare_digest(token.encode(), key.encode())
+def _which(token: str, keys: list[str]) -> int | None:
+    """The index of the key `token` is, or None. Compares against every key (no early exit) so timing does not
+    reveal which key prefix matched."""
+    found = None
+    for i, key in enumerate(keys):
+        if hmac.compare_digest(token.encode(), key.encode()):
+            found = i
     return found
+
+
+def _matches(token: str, keys: list[str]) -> bool:
+    return _which(token, keys) is not None
+
+
+CALLER = "armo.caller"  # request.state attribute: which API key (its index, never the key) made the request
 
 
 class Auth:
@@ -39,8 +48,10 @@ class Auth:
         token = _bearer(request)
         if token is None:
             raise UnauthorizedError("missing bearer API key (Authorization: Bearer <key>)", field="authorization")
-        if not _matches(token, self._keys):
+        index = _which(token, self._keys)
+        if index is None:
             raise UnauthorizedError("invalid API key", field="authorization")
+        setattr(request.state, CALLER, f"key-{index}")  # the batcher shares the worker fairly between callers
 
     async def api(self, request: Request) -> None:
         self._check_api(request)

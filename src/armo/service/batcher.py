@@ -7,9 +7,10 @@
    per-request futures ◄─────── results split back per job (a failing batch fails only its requests)
 
 A request becomes one job, or several batch-sized jobs when it is larger than one batch (an RL rollout batch of
-a thousand items). Jobs are served in order of (their index within their request, arrival): the first job of a
-request that arrives while a large one is being scored runs before that one's next job, so a large request never
-starves small ones. A batch only holds jobs prepared by the same RewardModel object, so a request started before
+a thousand items). Jobs are served in order of (their rank within their caller's queued jobs, arrival): a caller
+(an API key; without keys every request is its own caller) whose first job arrives while another caller has a
+hundred queued runs right after the job being scored, so neither a large request nor a busy caller starves the
+others. A batch only holds jobs prepared by the same RewardModel object, so a request started before
 a hot reload finishes on the version it started with. The forward pass runs
 in a single dedicated thread (torch parallelises inside it); the event loop only moves futures. Scores do not
 depend on batch composition because RewardModel masks padding and gathers features by the attention mask.
@@ -18,6 +19,7 @@ depend on batch composition because RewardModel masks padding and gathers featur
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -54,6 +56,7 @@ class _Job:
     steer: Steer | None  # the request's steering, applied to each of its items
     future: asyncio.Future[list[ItemResult]]
     deadline: float  # event-loop time
+    caller: str
     piece: Piece = field(init=False)
 
     def __post_init__(self) -> None:
@@ -70,7 +73,7 @@ class MicroBatcher:
     ) -> None:
         self.config = config
         self.metrics = metrics
-        # (index of the job within its request, arrival number, job): round-robin between requests.
+        # (rank of the job among its caller's queued jobs, arrival number, job): round-robin between callers.
         self._queue: asyncio.PriorityQueue[tuple[int, int, _Job]] = asyncio.PriorityQueue()
         self._arrivals = itertools.count()
         # The micro-batcher counts real tokens: the forward path then cuts the batch into passes of its own size.
@@ -82,6 +85,7 @@ class MicroBatcher:
         self._inflight: list[_Job] = []  # the batch being collected or run (failed on stop, never lost)
         self._closed = False
         self._queued_tokens = 0  # real tokens of the jobs in the queue (cancelled ones until they are dropped)
+        self._queued_by_caller: collections.Counter[str] = collections.Counter()
         self._rate: float | None = None  # tokens/s of recent forward passes (moving average), for admission
         self._loop: asyncio.AbstractEventLoop | None = None
         self.draining = False  # the process is stopping: no new work; what cannot finish gets a 503
@@ -137,6 +141,7 @@ class MicroBatcher:
         *,
         timeout: float,
         steer: Steer | None = None,
+        caller: str | None = None,
     ) -> list[ItemResult]:
         """Score `items` with `model`; results in order. Raises QueueFullError at once when the queue cannot take
         the whole request. Cancelling the caller (its client left) cancels its jobs: queued ones are then skipped."""
@@ -146,11 +151,14 @@ class MicroBatcher:
         self.admit(sum(p.tokens for p in items), len(chunks), timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        jobs = [_Job(model, [items[i] for i in c], steer, loop.create_future(), deadline) for c in chunks]
         arrival = next(self._arrivals)
+        who = caller if caller is not None else f"request-{arrival}"
+        jobs = [_Job(model, [items[i] for i in c], steer, loop.create_future(), deadline, who) for c in chunks]
+        first = self._queued_by_caller[who]
         for index, job in enumerate(jobs):
-            self._queue.put_nowait((index, arrival, job))
+            self._queue.put_nowait((first + index, arrival, job))
             self._queued_tokens += job.piece.tokens
+            self._queued_by_caller[who] += 1
         self.metrics.queue_depth.set(self.depth)
         try:
             # wait_for cancels the futures on timeout; the worker then skips (or discards) the jobs.
@@ -189,8 +197,12 @@ class MicroBatcher:
 
     # -- worker side --------------------------------------------------------------------------------------
     def _take(self, entry: tuple[int, int, _Job]) -> _Job:
-        self._queued_tokens -= entry[2].piece.tokens
-        return entry[2]
+        job = entry[2]
+        self._queued_tokens -= job.piece.tokens
+        self._queued_by_caller[job.caller] -= 1
+        if self._queued_by_caller[job.caller] <= 0:
+            del self._queued_by_caller[job.caller]
+        return job
 
     async def _next_job(self) -> _Job:
         if self._carry is not None:

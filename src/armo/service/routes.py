@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from armo.model_store.errors import ModelNotLoadedError
 from armo.service import protocol as p
+from armo.service.auth import CALLER
 from armo.service.cancellation import unless_disconnected
 from armo.service.errors import ShuttingDownError
 from armo.service.state import Services, services_of
@@ -26,6 +27,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def caller_of(request: Request) -> str | None:
+    """Which API key sent the request (None without keys: then every request is its own caller)."""
+    value = getattr(request.state, CALLER, None)
+    return value if isinstance(value, str) else None
+
+
 def build_router(services: Services) -> APIRouter:
     auth = services.auth
     router = APIRouter()
@@ -34,17 +41,17 @@ def build_router(services: Services) -> APIRouter:
     @v1.post("/score", response_model=p.ScoreResponse, summary="Score a batch of (conversation, response) items")
     async def score(body: p.ScoreRequest, request: Request) -> p.ScoreResponse:
         s = services_of(request)
-        return await unless_disconnected(request, s.scorer.score(body), s.metrics)
+        return await unless_disconnected(request, s.scorer.score(body, caller_of(request)), s.metrics)
 
     @v1.post("/explain", response_model=p.ExplainResponse, summary="Per-objective decomposition of each score")
     async def explain(body: p.ExplainRequest, request: Request) -> p.ExplainResponse:
         s = services_of(request)
-        return await unless_disconnected(request, s.scorer.explain(body), s.metrics)
+        return await unless_disconnected(request, s.scorer.explain(body, caller_of(request)), s.metrics)
 
     @v1.post("/compare", response_model=p.CompareResponse, summary="Rank responses to one conversation (Best-of-N)")
     async def compare(body: p.CompareRequest, request: Request) -> p.CompareResponse:
         s = services_of(request)
-        return await unless_disconnected(request, s.scorer.compare(body), s.metrics)
+        return await unless_disconnected(request, s.scorer.compare(body, caller_of(request)), s.metrics)
 
     @v1.get("/models", response_model=p.ModelsResponse, summary="The loaded model, the store, the last reload")
     async def models(request: Request) -> p.ModelsResponse:
@@ -67,7 +74,7 @@ def build_router(services: Services) -> APIRouter:
     @compat.post("/get_reward", response_model=p.GetRewardResponse, summary="OpenRLHF remote reward model protocol")
     async def get_reward(body: p.GetRewardRequest, request: Request) -> p.GetRewardResponse:
         s = services_of(request)
-        return await unless_disconnected(request, s.scorer.get_reward(body), s.metrics)
+        return await unless_disconnected(request, s.scorer.get_reward(body, caller_of(request)), s.metrics)
 
     ops = APIRouter()
 

@@ -141,6 +141,7 @@ class Scorer:
         steer: Steer | None,
         timeout: float,
         endpoint: str,
+        caller: str | None,
     ) -> list[ItemResult | p.ItemError]:
         """Results in item order; an item that could not be prepared or scored is its error."""
         rm = loaded.rm
@@ -152,7 +153,8 @@ class Scorer:
         loop = asyncio.get_running_loop()
         prepared = await loop.run_in_executor(self._prepare_pool, self._prepare_all, rm, items, truncate)
         good = [x for x in prepared if isinstance(x, Prepared)]
-        results = iter(await self.batcher.submit(rm, good, timeout=timeout, steer=steer) if good else [])
+        submitted = await self.batcher.submit(rm, good, timeout=timeout, steer=steer, caller=caller) if good else []
+        results = iter(submitted)
         self.metrics.items.labels(endpoint).inc(len(good))
         out: list[ItemResult | ArmoError] = []
         for x, (namer, _) in zip(prepared, items, strict=True):
@@ -184,17 +186,19 @@ class Scorer:
         return out
 
     async def _run_items(
-        self, req: p.ScoreRequest | p.ExplainRequest, endpoint: str
+        self, req: p.ScoreRequest | p.ExplainRequest, endpoint: str, caller: str | None
     ) -> tuple[LoadedModel, list[ItemResult | p.ItemError]]:
         items = self._items(req.items)
         loaded = self._model()
         steer = self._steer(loaded.rm, req.weights, req.mask)
         timeout = self._timeout(req.timeout_s)
-        results = await self._run(loaded, items, truncate=req.truncate, steer=steer, timeout=timeout, endpoint=endpoint)
+        results = await self._run(
+            loaded, items, truncate=req.truncate, steer=steer, timeout=timeout, endpoint=endpoint, caller=caller
+        )
         return loaded, results
 
-    async def score(self, req: p.ScoreRequest) -> p.ScoreResponse:
-        loaded, results = await self._run_items(req, "score")
+    async def score(self, req: p.ScoreRequest, caller: str | None = None) -> p.ScoreResponse:
+        loaded, results = await self._run_items(req, "score", caller)
         return p.ScoreResponse(
             model=loaded.rm.name,
             version=loaded.version,
@@ -211,8 +215,8 @@ class Scorer:
             ],
         )
 
-    async def explain(self, req: p.ExplainRequest) -> p.ExplainResponse:
-        loaded, results = await self._run_items(req, "explain")
+    async def explain(self, req: p.ExplainRequest, caller: str | None = None) -> p.ExplainResponse:
+        loaded, results = await self._run_items(req, "explain", caller)
         top = self.limits.top_contributors
         return p.ExplainResponse(
             model=loaded.rm.name,
@@ -240,7 +244,7 @@ class Scorer:
             ],
         )
 
-    async def compare(self, req: p.CompareRequest) -> p.CompareResponse:
+    async def compare(self, req: p.CompareRequest, caller: str | None = None) -> p.CompareResponse:
         self._check_count(len(req.responses), "responses")
         self._check_conversation(req, "")
         for i, response in enumerate(req.responses):
@@ -255,8 +259,9 @@ class Scorer:
             (_namer("", prompt=use_prompt, response=f"responses[{i}]"), ScoreItem(messages, r))
             for i, r in enumerate(req.responses)
         ]
+        timeout = self._timeout(req.timeout_s)
         results = await self._run(
-            loaded, items, truncate=req.truncate, steer=steer, timeout=self._timeout(req.timeout_s), endpoint="compare"
+            loaded, items, truncate=req.truncate, steer=steer, timeout=timeout, endpoint="compare", caller=caller
         )
         # A ranking over some of the responses would mislead: here one failed response fails the request.
         failed = next((r for r in results if isinstance(r, p.ItemError)), None)
@@ -281,7 +286,7 @@ class Scorer:
             pairwise=pairs,
         )
 
-    async def get_reward(self, req: p.GetRewardRequest) -> p.GetRewardResponse:
+    async def get_reward(self, req: p.GetRewardRequest, caller: str | None = None) -> p.GetRewardResponse:
         self._check_count(len(req.query), "query")
         for i, text in enumerate(req.query):
             self._check_text(text, f"query[{i}]")
@@ -296,7 +301,9 @@ class Scorer:
             items.append((_fixed(f"query[{i}]"), ScoreItem(parsed.messages, parsed.response)))
             unterminated.append(parsed.unterminated)
         timeout = self.limits.get_reward_timeout_s
-        results = await self._run(loaded, items, truncate=True, steer=None, timeout=timeout, endpoint="get_reward")
+        results = await self._run(
+            loaded, items, truncate=True, steer=None, timeout=timeout, endpoint="get_reward", caller=caller
+        )
         rewards = [None if isinstance(r, p.ItemError) else r.score for r in results]
         logs: dict[str, list[float | None]] = {name: [] for name in loaded.rm.objectives}
         logs["truncated"], logs["unterminated"] = [], []

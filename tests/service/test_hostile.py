@@ -139,3 +139,16 @@ async def test_the_openapi_schema_states_exactly_one_of_messages_or_prompt(api: 
     schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
     for name in ("ScoreInput", "CompareRequest"):
         assert schemas[name]["oneOf"] == [{"required": ["messages"]}, {"required": ["prompt"]}], name
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"items": [{"prompt": "\xff\xfe", "response": "x"}]}', b'{"items": ' + b"[" * 5000 + b"]" * 5000 + b"}"],
+    ids=["invalid-utf8", "nested-5000-deep"],
+)
+async def test_undecodable_bodies_are_malformed_json_with_a_request_id(api: Api, raw: bytes) -> None:
+    _, client = api
+    r = await client.post("/v1/score", content=raw, headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code in (400, 422), r.text
+    err = r.json()["error"]
+    assert err["type"] in ("malformed_json", "validation_error") and err["field"] and err["request_id"]

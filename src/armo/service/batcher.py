@@ -35,6 +35,8 @@ from armo.service.errors import BatchFailedError, DeadlineExceededError, QueueFu
 from armo.service.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
+# Admit a request only if the work ahead of it, at the measured rate, takes at most this share of its deadline.
+ADMISSION_MARGIN = 0.5
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class MicroBatcher:
         self._inflight: list[_Job] = []  # the batch being collected or run (failed on stop, never lost)
         self._closed = False
         self._queued_tokens = 0  # real tokens of the jobs in the queue (cancelled ones until they are dropped)
+        self._running_tokens = 0  # real tokens of the batch on the worker
         self._queued_by_caller: collections.Counter[str] = collections.Counter()
         self._rate: float | None = None  # tokens/s of recent forward passes (moving average), for admission
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -172,9 +175,10 @@ class MicroBatcher:
         """Raise QueueFullError (429 + Retry-After) at once when the queue cannot take this work: too many jobs or
         tokens waiting, or more queued work than the worker gets through before this request's deadline — then the
         request would only wait and time out, and its forward pass would be wasted. A request is never refused
-        while nothing waits."""
+        while nothing waits or runs."""
         waiting = self._queue.qsize()
-        if not waiting:
+        ahead = self._queued_tokens + self._running_tokens  # the batch on the worker must finish first too
+        if not waiting and not self._running_tokens:
             return
         reason = None
         if waiting + jobs > self.config.max_queue:
@@ -185,8 +189,10 @@ class MicroBatcher:
             )
         retry_after = self.config.retry_after_s
         if reason is None and self._rate:
-            wait = self._queued_tokens / self._rate
-            if wait > timeout:
+            wait = (ahead + tokens) / self._rate  # until this request's own items are scored
+            # A margin for what the estimate leaves out (tokenising, merging, the event loop under load): a request
+            # admitted on a bare estimate that then misses its deadline costs a forward pass and a 504.
+            if wait > ADMISSION_MARGIN * timeout:
                 reason = (
                     f"the work queued ahead takes about {wait:.0f} s, over this request's deadline of {timeout:g} s"
                 )
@@ -250,9 +256,11 @@ class MicroBatcher:
         tokens = sum(job.piece.tokens for job in batch)
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
+        self._running_tokens = tokens
         try:
             results = await loop.run_in_executor(self._executor, self._forward, batch[0].model, prepared, steers)
         except Exception:
+            self._running_tokens = 0
             self.metrics.batch_failures.inc()
             log.exception("forward pass failed for a batch of %d items (%d jobs)", len(prepared), len(batch))
             if len(batch) > 1:
@@ -265,6 +273,7 @@ class MicroBatcher:
                 if not job.done:
                     job.future.set_exception(BatchFailedError("scoring failed for this batch; retry the request"))
             return
+        self._running_tokens = 0
         seconds = time.perf_counter() - started
         self.metrics.observe_batch(len(prepared), tokens, seconds)
         if seconds > 0:

@@ -21,7 +21,7 @@ import asyncio
 import random
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import httpx
 from pydantic import BaseModel
@@ -39,6 +39,7 @@ from armo.service.protocol import (
 
 Item = Mapping[str, Any]  # {"prompt": str} or {"messages": [...]}, plus "response": str
 T = TypeVar("T", bound=BaseModel)
+H = TypeVar("H", httpx.Client, httpx.AsyncClient)
 RETRY_STATUSES = frozenset({429, 503})
 
 
@@ -131,8 +132,10 @@ def _merge_rewards(parts: Sequence[GetRewardResponse]) -> GetRewardResponse:
     )
 
 
-class RewardClient:
-    """Blocking client. One connection pool for the client's life: use it as a context manager or `close()` it."""
+class _Client(Generic[H]):
+    """Construction shared by the two clients: the retry/chunking policy and one httpx connection pool."""
+
+    _http_class: type[H]
 
     def __init__(
         self,
@@ -143,10 +146,16 @@ class RewardClient:
         max_retries: int = 5,
         backoff_s: float = 0.5,
         max_items: int | None = None,
-        http: httpx.Client | None = None,
+        http: H | None = None,
     ) -> None:
         self._policy = _Policy(api_key, max_retries, backoff_s, max_items)
-        self._http = http or httpx.Client(base_url=base_url, timeout=timeout)
+        self._http: H = http or self._http_class(base_url=base_url, timeout=timeout)
+
+
+class RewardClient(_Client[httpx.Client]):
+    """Blocking client. One connection pool for the client's life: use it as a context manager or `close()` it."""
+
+    _http_class = httpx.Client
 
     def __enter__(self) -> RewardClient:
         return self
@@ -214,22 +223,10 @@ class RewardClient:
         return _merge_rewards([self._post("/get_reward", b, GetRewardResponse) for b in bodies])
 
 
-class AsyncRewardClient:
+class AsyncRewardClient(_Client[httpx.AsyncClient]):
     """The same over httpx.AsyncClient; the chunks of one call are sent concurrently."""
 
-    def __init__(
-        self,
-        base_url: str = "http://127.0.0.1:8000",
-        *,
-        api_key: str | None = None,
-        timeout: float = 600.0,
-        max_retries: int = 5,
-        backoff_s: float = 0.5,
-        max_items: int | None = None,
-        http: httpx.AsyncClient | None = None,
-    ) -> None:
-        self._policy = _Policy(api_key, max_retries, backoff_s, max_items)
-        self._http = http or httpx.AsyncClient(base_url=base_url, timeout=timeout)
+    _http_class = httpx.AsyncClient
 
     async def __aenter__(self) -> AsyncRewardClient:
         return self

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,26 @@ class Gate:
     def restore(self) -> None:
         self.open.set()
         self.rm.forward = self.real  # type: ignore[method-assign]
+
+
+@contextmanager
+def poisoned(rm: RewardModel, marker: str = "poison") -> Iterator[list[int]]:
+    """A fault inside the worker for one input (a device error on that item): the real forward pass otherwise.
+    Yields the sizes of the batches the forward pass saw."""
+    real = rm.forward
+    sizes: list[int] = []
+
+    def forward(batch: Any, steers: Any = ()) -> Any:
+        sizes.append(len(batch))
+        if any(p.item.response == marker for p in batch):
+            raise RuntimeError("simulated device fault")
+        return real(batch, steers)
+
+    rm.forward = forward  # type: ignore[method-assign]
+    try:
+        yield sizes
+    finally:
+        rm.forward = real  # type: ignore[method-assign]
 
 
 _LOADED: dict[str, Backbone] = {}

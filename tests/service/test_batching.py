@@ -6,7 +6,6 @@ The forward pass is the real one; `Gate` only pauses it so that queue states are
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from starlette.requests import Request
@@ -16,7 +15,18 @@ from armo.model_store.store import ModelStore
 from armo.service.cancellation import unless_disconnected
 from armo.service.errors import ClientDisconnectedError, ShuttingDownError
 from armo.service.protocol import ScoreRequest
-from tests.service.conftest import AUTH, CONV, Gate, current_rm, item, make_settings, serve, services, wait_until
+from tests.service.conftest import (
+    AUTH,
+    CONV,
+    Gate,
+    current_rm,
+    item,
+    make_settings,
+    poisoned,
+    serve,
+    services,
+    wait_until,
+)
 
 
 async def test_concurrent_requests_are_merged_into_one_batch(tiny_store: ModelStore) -> None:
@@ -135,22 +145,11 @@ async def test_client_leaving_cancels_its_work(tiny_store: ModelStore) -> None:
 
 async def test_batch_failure_fails_only_its_requests(tiny_store: ModelStore) -> None:
     async with serve(make_settings(tiny_store, max_batch_items=1)) as (app, client):
-        rm = current_rm(app)
-        real = rm.forward
-
-        def poisoned(batch: Any, steers: Any = ()) -> Any:  # a fault inside the worker thread for one input
-            if any(p.item.response == "poison" for p in batch):
-                raise RuntimeError("simulated device fault")
-            return real(batch, steers)
-
-        rm.forward = poisoned  # type: ignore[method-assign]
-        try:
+        with poisoned(current_rm(app)):
             bad, good = await asyncio.gather(
                 client.post("/v1/score", json={"items": [item("poison")]}, headers=AUTH),
                 client.post("/v1/score", json={"items": [item("fine")]}, headers=AUTH),
             )
-        finally:
-            rm.forward = real  # type: ignore[method-assign]
         assert bad.status_code == 500 and bad.json()["error"]["type"] == "batch_failed"
         assert "simulated" not in bad.text and "Traceback" not in bad.text
         assert good.status_code == 200

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from typing import Any
 
 import httpx
 import pytest
@@ -23,7 +22,17 @@ from armo.model_store.backbone import Backbone
 from armo.model_store.errors import ArtifactError
 from armo.model_store.store import ModelStore
 from tests.conftest import make_artifact
-from tests.service.conftest import ADMIN, AUTH, current_rm, item, make_settings, serve, services, wait_until
+from tests.service.conftest import (
+    ADMIN,
+    AUTH,
+    current_rm,
+    item,
+    make_settings,
+    poisoned,
+    serve,
+    services,
+    wait_until,
+)
 
 Api = tuple[FastAPI, httpx.AsyncClient]
 
@@ -40,24 +49,11 @@ async def test_weights_the_worker_cannot_compute_with_are_refused(api: Api, weig
 async def test_a_failing_batch_is_retried_request_by_request(tiny_store: ModelStore) -> None:
     """Two requests merged into one batch; the forward pass fails on one request's input: the other is scored."""
     async with serve(make_settings(tiny_store, max_batch_items=8, max_wait_ms=300)) as (app, client):
-        rm = current_rm(app)
-        real = rm.forward
-        merged: list[int] = []
-
-        def poisoned(batch: Any, steers: Any = ()) -> Any:  # a fault in the worker for one input
-            merged.append(len(batch))
-            if any(p.item.response == "poison" for p in batch):
-                raise RuntimeError("simulated device fault")
-            return real(batch, steers)
-
-        rm.forward = poisoned  # type: ignore[method-assign]
-        try:
+        with poisoned(current_rm(app)) as merged:
             bad, good = await asyncio.gather(
                 client.post("/v1/score", json={"items": [item("poison")]}, headers=AUTH),
                 client.post("/v1/score", json={"items": [item("fine"), item("also fine")]}, headers=AUTH),
             )
-        finally:
-            rm.forward = real  # type: ignore[method-assign]
         assert merged[0] == 3, merged  # they really were one batch
         assert bad.status_code == 500 and bad.json()["error"]["type"] == "batch_failed"
         assert good.status_code == 200 and len(good.json()["results"]) == 2

@@ -1,4 +1,4 @@
-"""The `armo` command: `armo serve`, `armo store …`, `armo train …`, `armo eval …`.
+"""The `armo` command: `armo serve`, `armo store …`, `armo train …`, `armo eval …`, `armo batch …`.
 
 Each package owns its sub-commands; this file only wires them together.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import typer
 
+from armo.batch.cli import batch_app
 from armo.model_store.cli import store_app
 from armo.service.cli import serve
 from armo.training.cli import eval_command, train_app
@@ -14,6 +15,7 @@ from armo.training.cli import eval_command, train_app
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Interpretable, steerable reward-model service.")
 app.add_typer(store_app, name="store")
 app.add_typer(train_app, name="train")
+app.add_typer(batch_app, name="batch")
 app.command("serve")(serve)
 app.command("eval")(eval_command)
 

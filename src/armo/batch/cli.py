@@ -26,6 +26,13 @@ def score(
     ] = None,
     model: Annotated[str | None, typer.Option(help="model name (default: ARMO_MODEL)")] = None,
     alias: Annotated[str | None, typer.Option(help="alias or version (default: ARMO_ALIAS, i.e. current)")] = None,
+    ray: Annotated[bool, typer.Option("--ray", help="score on Ray Data: a pool of actors, one model each")] = False,
+    ray_address: Annotated[
+        str | None, typer.Option(help="a running Ray cluster (implies --ray); default: local")
+    ] = None,
+    actors: Annotated[int, typer.Option(help="--ray: actors (models) in the pool")] = 2,
+    threads_per_actor: Annotated[int, typer.Option(help="--ray: CPUs (torch threads) per actor")] = 1,
+    gpus_per_actor: Annotated[float, typer.Option(help="--ray: GPUs per actor")] = 0.0,
 ) -> None:
     """Score every row (resumable: re-run the same command after a kill). Settings as for `armo serve`."""
     from armo.batch import rows
@@ -41,11 +48,26 @@ def score(
         raise typer.BadParameter("i/n with 0 <= i < n, e.g. 0/4", param_hint="--shard") from None
     overrides: dict[str, Any] = {"store_root": store, "model": model, "alias": alias}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})  # the environment fills the rest
-    rm = load_model(settings)
     options = Options(layout=layout, explain=explain, shard_rows=shard_rows, limit=limit, shard=(i, n))  # type: ignore[arg-type]
-    summary = score_file(rm, src, dst, options)
+    if ray or ray_address:
+        from armo.batch.on_ray import score_file_ray
+
+        summary = score_file_ray(
+            settings,
+            src,
+            dst,
+            options,
+            actors=actors,
+            threads_per_actor=threads_per_actor,
+            gpus_per_actor=gpus_per_actor,
+            address=ray_address,
+        )
+        where = f"Ray ({actors} actors)"
+    else:
+        rm = load_model(settings)
+        summary = score_file(rm, src, dst, options)
+        where = f"{rm.name}/{rm.version}"
     typer.echo(
         f"{summary.rows} rows scored into {dst} ({summary.errors} with an error), {summary.tokens} tokens in "
-        f"{summary.seconds:.1f} s ({summary.tokens / max(summary.seconds, 1e-9):.0f} tokens/s) with "
-        f"{rm.name}/{rm.version}"
+        f"{summary.seconds:.1f} s ({summary.tokens / max(summary.seconds, 1e-9):.0f} tokens/s) on {where}"
     )

@@ -65,12 +65,44 @@ def _selected(all_rows: list[dict[str, Any]], options: Options) -> list[dict[str
     return picked[: options.limit] if options.limit is not None else picked
 
 
-def _job_key(src: Path, rm: RewardModel, options: Options, layout: rows.Layout, n_rows: int) -> str:
+@dataclass(frozen=True)
+class Plan:
+    """A file cut into shards, and where the finished ones are kept until the whole output is written."""
+
+    selected: list[dict[str, Any]]
+    layout: rows.Layout
+    shards: list[list[dict[str, Any]]]
+    parts: Path
+
+    def part(self, s: int) -> Path:
+        return self.parts / f"{s:05d}.jsonl"
+
+    def todo(self) -> list[int]:
+        return [s for s in range(len(self.shards)) if not self.part(s).is_file()]
+
+
+def plan(src: Path, dst: Path, options: Options, model_key: Sequence[object]) -> Plan:
+    """`model_key` names the scoring (model, version, token limit): a changed model never reuses finished shards."""
+    selected = _selected(files.read_rows(src), options)
+    layout = options.layout or (rows.detect(selected[0]) if selected else "items")
     h = hashlib.sha256()
     h.update(json.dumps([str(src.resolve()), src.stat().st_size, src.stat().st_mtime_ns]).encode())
-    h.update(json.dumps([rm.name, rm.version, layout, options.explain, options.shard_rows, n_rows]).encode())
-    h.update(json.dumps([options.limit, list(options.shard), rm.config.max_length]).encode())
-    return h.hexdigest()[:16]
+    h.update(json.dumps([*map(str, model_key), layout, options.explain, options.shard_rows, len(selected)]).encode())
+    h.update(json.dumps([options.limit, list(options.shard)]).encode())
+    parts = dst.parent / f".{dst.name}.parts-{h.hexdigest()[:16]}"
+    shards = [selected[k : k + options.shard_rows] for k in range(0, len(selected), options.shard_rows)]
+    return Plan(selected, layout, shards, parts)
+
+
+def finish(p: Plan, dst: Path, tokens: int, started: float, done_before: int) -> Summary:
+    """Every shard done: the output file in input order, written at once; the shard folder removed."""
+    scored = [r for s in range(len(p.shards)) for r in files.read_rows(p.part(s))]
+    columns = list(dict.fromkeys(k for r in scored for k in r))  # an error row has the score columns too: null
+    scored = [{k: r.get(k) for k in columns} for r in scored]
+    files.write_rows(dst, scored)
+    shutil.rmtree(p.parts, ignore_errors=True)
+    errors = sum(r.get("error") is not None for r in scored)
+    return Summary(len(scored), errors, tokens, time.perf_counter() - started, done_before)
 
 
 def score_rows(
@@ -111,36 +143,21 @@ def score_file(
 ) -> Summary:
     """Score `src` into `dst`. Shards are kept in a hidden folder beside `dst` until the whole file is written, so a
     killed run resumes where it stopped. `max_new_shards` stops early (RuntimeError), as a kill would."""
-    selected = _selected(files.read_rows(src), options)
-    if not selected:
-        files.write_rows(dst, [])
-        return Summary(0, 0, 0, 0.0, 0)
-    layout = options.layout or rows.detect(selected[0])
-    parts = dst.parent / f".{dst.name}.parts-{_job_key(src, rm, options, layout, len(selected))}"
-    parts.mkdir(parents=True, exist_ok=True)
-    shards = [selected[k : k + options.shard_rows] for k in range(0, len(selected), options.shard_rows)]
-    done_before = sum((parts / f"{s:05d}.jsonl").is_file() for s in range(len(shards)))
-    bar = tqdm(total=len(selected), desc=f"armo batch {src.name}", unit="row", disable=not progress)
-    bar.update(sum(len(shards[s]) for s in range(len(shards)) if (parts / f"{s:05d}.jsonl").is_file()))
-    tokens, started, new = 0, time.perf_counter(), 0
-    for s, shard in enumerate(shards):
-        path = parts / f"{s:05d}.jsonl"
-        if path.is_file():
-            continue
+    p = plan(src, dst, options, (rm.name, rm.version, rm.config.max_length))
+    p.parts.mkdir(parents=True, exist_ok=True)
+    todo = p.todo()
+    done_before = len(p.shards) - len(todo)
+    bar = tqdm(total=len(p.selected), desc=f"armo batch {src.name}", unit="row", disable=not progress)
+    bar.update(sum(len(p.shards[s]) for s in range(len(p.shards)) if s not in todo))
+    tokens, started = 0, time.perf_counter()
+    for new, s in enumerate(todo):
         if max_new_shards is not None and new >= max_new_shards:
             bar.close()
             raise RuntimeError(f"stopped after {new} new shard(s) (max_new_shards)")
-        out, used = score_rows(rm, shard, layout, options.explain)
-        files.write_rows(path, out)  # JSON lines keep every column as it is, whatever the output format
-        new += 1
+        out, used = score_rows(rm, p.shards[s], p.layout, options.explain)
+        files.write_rows(p.part(s), out)  # JSON lines keep every column as it is, whatever the output format
         tokens += used
-        bar.update(len(shard))
+        bar.update(len(p.shards[s]))
         bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - started, 1e-9):.0f}")
     bar.close()
-    scored = [r for s in range(len(shards)) for r in files.read_rows(parts / f"{s:05d}.jsonl")]
-    columns = list(dict.fromkeys(k for r in scored for k in r))  # an error row has the score columns too: null
-    scored = [{k: r.get(k) for k in columns} for r in scored]
-    files.write_rows(dst, scored)
-    shutil.rmtree(parts, ignore_errors=True)
-    errors = sum(r.get("error") is not None for r in scored)
-    return Summary(len(scored), errors, tokens, time.perf_counter() - started, done_before)
+    return finish(p, dst, tokens, started, done_before)

@@ -91,7 +91,7 @@ def score_file_ray(
             scored = ds.map_batches(
                 ShardScorer,
                 batch_size=1,
-                concurrency=min(actors, len(items)),
+                compute=ray.data.ActorPoolStrategy(size=min(actors, len(items))),
                 num_cpus=threads_per_actor,
                 num_gpus=gpus_per_actor,
                 batch_format="numpy",

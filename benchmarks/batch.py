@@ -1,5 +1,6 @@
 """`armo batch score` throughput: local (one process, 2 torch threads) against Ray Data with 2 actors × 1 thread and
-1 actor × 2 threads, on the same pairs, the embedded default model. Prints tokens/s and the ratios.
+1 actor × 2 threads, and against the service over HTTP (`armo serve`, 8 concurrent clients of `armo.client`, one
+pair per request), on the same pairs, the embedded default model. Prints tokens/s and the ratios.
 
     .venv/bin/python -m benchmarks.batch --pairs 100
 
@@ -21,6 +22,53 @@ from armo.batch.on_ray import score_file_ray
 from armo.batch.runner import Options, load_model, score_file
 from armo.settings import Settings
 from armo.training.config import default_data_root
+
+
+def _over_http(rows: list[dict[str, object]], tokens: int) -> float:
+    """The same pairs through a real `armo serve` process: one pair (two items) per request, 8 clients."""
+    import asyncio
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    from armo.client import AsyncRewardClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "ARMO_WATCH_INTERVAL_S": "0", "ARMO_LOG_LEVEL": "WARNING", "ARMO_TORCH_THREADS": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "armo.cli", "serve", "--port", str(port)], env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+
+        async def run() -> float:
+            queue = list(rows)
+            started = time.perf_counter()
+            async with AsyncRewardClient(url, timeout=600) as rm:
+
+                async def client() -> None:
+                    while queue:
+                        r = queue.pop()
+                        items = [{"messages": r["messages"], "response": r[k]} for k in ("chosen", "rejected")]
+                        await rm.score(items)
+
+                await asyncio.gather(*(client() for _ in range(8)))
+            return time.perf_counter() - started
+
+        return tokens / asyncio.run(run())
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def main() -> None:
@@ -51,6 +99,7 @@ def main() -> None:
             settings, src, work / f"ray-{actors}x{threads}.jsonl", options, actors=actors, threads_per_actor=threads
         )
         results[f"Ray, {actors} actor(s) × {threads} thread(s)"] = out.tokens / (time.perf_counter() - started)
+    results["service over HTTP, 8 clients"] = _over_http(rows, local.tokens)
     base = results["local, 1 process × 2 threads"]
     print(f"{args.pairs} pairs, {local.tokens} tokens (each response with its prompt), wall time incl. model loads")
     for name, rate in results.items():

@@ -50,8 +50,15 @@ def train_extract(
     eval_set: Annotated[bool, typer.Option("--eval", help="featurise the RewardBench evaluation set instead")] = False,
     fast: Annotated[bool, typer.Option("--fast/--full", help="evaluation set: stratified sample or all rows")] = True,
     part: Annotated[int | None, typer.Option("--part", help="only this extraction job of the training set")] = None,
+    ray: Annotated[bool, typer.Option("--ray", help="compute the missing shards on a Ray Data actor pool")] = False,
+    ray_address: Annotated[
+        str | None, typer.Option(help="a running Ray cluster (implies --ray); default: local")
+    ] = None,
+    actors: Annotated[int, typer.Option(help="--ray: actors (backbones) in the pool")] = 2,
+    threads_per_actor: Annotated[int, typer.Option(help="--ray: CPUs (torch threads) per actor")] = 1,
+    gpus_per_actor: Annotated[float, typer.Option(help="--ray: GPUs per actor")] = 0.0,
 ) -> None:
-    """Featurise the training set (or the evaluation set) into the feature cache; resumable."""
+    """Featurise the training set (or the evaluation set) into the feature cache; resumable, locally or on Ray."""
     from armo.training.featurize import featurize
     from armo.training.prepare import build_eval_set, build_training_set
 
@@ -62,7 +69,18 @@ def train_extract(
     else:
         ds = build_training_set(cfg.data)
         name = "train"
-    _, seconds = featurize(cfg, ds, name, only_part=part)
+    pool = None
+    if ray or ray_address:
+        from armo.training.on_ray import ray_pool
+
+        pool = ray_pool(
+            cfg.backbone,
+            actors=actors,
+            threads_per_actor=threads_per_actor,
+            gpus_per_actor=gpus_per_actor,
+            address=ray_address,
+        )
+    _, seconds = featurize(cfg, ds, name, only_part=part, pool=pool)
     typer.echo(f"{name}: {len(ds.items)} responses featurised in {seconds:.0f} s")
 
 

@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -128,6 +128,43 @@ def job_key(backbone: Backbone, items: Sequence[Item], cfg: ExtractConfig, data_
     return h.hexdigest()
 
 
+Group = tuple[Sequence[Message], list[str]]  # a conversation and every response to it
+# Computes shards elsewhere: {shard index: its groups}, the config → (shard index, its tensors, tokens), in order.
+ShardPool = Callable[[dict[int, list[Group]], ExtractConfig], Iterator[tuple[int, dict[str, Tensor], int]]]
+
+
+def compute_shard(
+    backbone: Backbone,
+    groups: Sequence[Group],
+    cfg: ExtractConfig,
+    on_pass: Callable[[int, int], None] | None = None,
+) -> tuple[dict[str, Tensor], int]:
+    """The cache columns of one shard (responses in group order) and the tokens it fed the backbone."""
+    policy = truncation(cfg)
+    encoded = [encode_group(backbone.tokenizer, messages, responses, policy) for messages, responses in groups]
+    n = sum(len(e.suffixes) for e in encoded)
+    columns = {c: torch.empty((n, backbone.hidden_size)) for c in ("response", "response_mean", "prompt")}
+    starts = [0]
+    for e in encoded:
+        starts.append(starts[-1] + len(e.suffixes))
+    tokens = 0
+    for batch in _batches(encoded, cfg.max_pass_tokens, backbone.packed):
+        feats = forward_groups(backbone, [encoded[b] for b in batch])
+        rows = [j for b in batch for j in range(starts[b], starts[b + 1])]
+        for c, values in columns.items():
+            values[rows] = getattr(feats, c)
+        tokens += sum(encoded[b].tokens for b in batch)
+        if on_pass is not None:
+            on_pass(len(rows), tokens)
+    tensors = {
+        **columns,
+        "response_tokens": torch.tensor([t for e in encoded for t in e.response_tokens]),
+        "length": torch.tensor([len(e.prompt_ids) + len(x) for e in encoded for x in e.suffixes]),
+        "truncated": torch.tensor([t for e in encoded for t in e.truncated]),
+    }
+    return tensors, tokens
+
+
 def _save_atomic(path: Path, tensors: dict[str, Tensor]) -> None:
     atomic.write_file(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp)))
 
@@ -157,11 +194,13 @@ def run_extraction(
     data_hashes: dict[str, str] | None = None,
     max_new_shards: int | None = None,
     progress: bool = True,
+    pool: ShardPool | None = None,
 ) -> FeatureTable:
     """Featurise `items` (in order), reusing every finished shard under cache_root/<name>-<key>/.
 
     `max_new_shards` stops after computing that many new shards (used by tests to simulate a kill); the
-    returned table is then incomplete and a RuntimeError is raised instead.
+    returned table is then incomplete and a RuntimeError is raised instead. `pool` computes the missing shards
+    elsewhere (`armo.training.on_ray`: Ray actors), into the same cache.
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -189,36 +228,27 @@ def run_extraction(
     done_items = sum(len(groups[g][0]) for s in range(len(shards)) if s not in set(todo) for g in shards[s])
     bar = tqdm(total=len(items), initial=done_items, desc=f"extract {name}", unit="resp", disable=not progress)
     tokens, started, new = 0, time.perf_counter(), 0
+
+    def on_pass(rows: int, pass_tokens: int) -> None:
+        bar.update(rows)
+        bar.set_postfix(tok_s=f"{(tokens + pass_tokens) / max(time.perf_counter() - started, 1e-9):.0f}")
+
+    if pool is not None and todo:  # the missing shards computed elsewhere (Ray actors), saved here as they arrive
+        chosen = todo if max_new_shards is None else todo[:max_new_shards]
+        inputs = {s: [(groups[g][1], groups[g][2]) for g in shards[s]] for s in chosen}
+        for s, tensors, used in pool(inputs, cfg):
+            _save_atomic(directory / f"shard-{s:05d}.safetensors", tensors)
+            tokens, new = tokens + used, new + 1
+            bar.update(int(tensors["response"].shape[0]))
     for s, shard in enumerate(shards):
         path = directory / f"shard-{s:05d}.safetensors"
         if not path.is_file():
             if max_new_shards is not None and new >= max_new_shards:
                 bar.close()
                 raise RuntimeError(f"extraction of {name} stopped after {new} new shard(s) (max_new_shards)")
-            policy = truncation(cfg)
-            encoded = [encode_group(backbone.tokenizer, groups[g][1], groups[g][2], policy) for g in shard]
-            n = sum(len(e.suffixes) for e in encoded)
-            columns = {c: torch.empty((n, backbone.hidden_size)) for c in ("response", "response_mean", "prompt")}
-            starts = [0]
-            for e in encoded:
-                starts.append(starts[-1] + len(e.suffixes))
-            for batch in _batches(encoded, cfg.max_pass_tokens, backbone.packed):
-                feats = forward_groups(backbone, [encoded[b] for b in batch])
-                rows = [j for b in batch for j in range(starts[b], starts[b + 1])]
-                for c, values in columns.items():
-                    values[rows] = getattr(feats, c)
-                tokens += sum(encoded[b].tokens for b in batch)
-                bar.update(len(rows))
-                bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - started, 1e-9):.0f}")
-            _save_atomic(
-                path,
-                {
-                    **columns,
-                    "response_tokens": torch.tensor([t for e in encoded for t in e.response_tokens]),
-                    "length": torch.tensor([len(e.prompt_ids) + len(x) for e in encoded for x in e.suffixes]),
-                    "truncated": torch.tensor([t for e in encoded for t in e.truncated]),
-                },
-            )
+            tensors, used = compute_shard(backbone, [(groups[g][1], groups[g][2]) for g in shard], cfg, on_pass)
+            _save_atomic(path, tensors)
+            tokens += used
             new += 1
         t = load_file(str(path))
         parts.append(FeatureTable(*(t[c] for c in COLUMNS)))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from armo.model_store.backbone import Backbone, load_backbone
 from armo.training.config import TrainConfig
-from armo.training.extract import FeatureTable, run_extraction
+from armo.training.extract import FeatureTable, ShardPool, run_extraction
 from armo.training.prepare import Dataset, build_eval_set, build_training_set
 
 _BACKBONES: dict[str, Backbone] = {}
@@ -28,7 +28,12 @@ def part_bounds(ds: Dataset) -> list[tuple[int, int]]:
 
 
 def featurize(
-    cfg: TrainConfig, ds: Dataset, name: str, backbone: Backbone | None = None, only_part: int | None = None
+    cfg: TrainConfig,
+    ds: Dataset,
+    name: str,
+    backbone: Backbone | None = None,
+    only_part: int | None = None,
+    pool: ShardPool | None = None,
 ) -> tuple[FeatureTable, float]:
     """Features of every item of `ds` (in item order) and the wall time spent (0 when fully cached).
 
@@ -48,6 +53,7 @@ def featurize(
                 cache_root=Path(cfg.cache_dir),
                 cfg=cfg.extract,
                 data_hashes=ds.data_hashes if i == 0 else {},
+                pool=pool,
             )
         )
     return FeatureTable.concat(tables), time.perf_counter() - started

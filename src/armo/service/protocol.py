@@ -1,4 +1,4 @@
-"""Request and response models of the HTTP API (pydantic v2, unknown fields refused).
+"""Request and response models of the HTTP API (pydantic v2; unknown fields refused, except on `/get_reward`).
 
 Static shape rules live here (roles, non-empty strings, one of messages/prompt); limits that come from settings
 (items per request, characters per field, tokens) are checked in the scoring layer, which knows them.

@@ -20,6 +20,7 @@ import torch
 
 from armo.batch.on_ray import score_file_ray
 from armo.batch.runner import Options, load_model, score_file
+from armo.ray_pool import Pool
 from armo.settings import Settings
 from armo.training.config import default_data_root
 
@@ -95,9 +96,7 @@ def main() -> None:
     results["local, 1 process × 2 threads"] = local.tokens / (time.perf_counter() - started)
     for actors, threads in ((2, 1), (1, 2)):
         started = time.perf_counter()
-        out = score_file_ray(
-            settings, src, work / f"ray-{actors}x{threads}.jsonl", options, actors=actors, threads_per_actor=threads
-        )
+        out = score_file_ray(settings, src, work / f"ray-{actors}x{threads}.jsonl", options, Pool(actors, threads))
         results[f"Ray, {actors} actor(s) × {threads} thread(s)"] = out.tokens / (time.perf_counter() - started)
     results["service over HTTP, 8 clients"] = _over_http(rows, local.tokens)
     base = results["local, 1 process × 2 threads"]

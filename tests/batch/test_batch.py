@@ -116,6 +116,7 @@ def test_ray_actor_pool_equals_the_local_run_and_resumes(tiny_store: Any, tmp_pa
     after one shard resumes (locally or on Ray: the same shard folder) to the same file."""
     from armo.batch.on_ray import score_file_ray
     from armo.batch.runner import load_model
+    from armo.ray_pool import Pool
     from armo.settings import Settings
 
     settings = Settings(store_root=tiny_store.root, model="tiny")
@@ -127,8 +128,8 @@ def test_ray_actor_pool_equals_the_local_run_and_resumes(tiny_store: Any, tmp_pa
     options = Options(shard_rows=3)
     local = score_file(load_model(settings), src, tmp_path / "local.jsonl", options, progress=False)
     with pytest.raises(RuntimeError, match="shard"):
-        score_file_ray(settings, src, tmp_path / "ray.jsonl", options, actors=2, max_new_shards=1)
-    summary = score_file_ray(settings, src, tmp_path / "ray.jsonl", options, actors=2)
+        score_file_ray(settings, src, tmp_path / "ray.jsonl", options, Pool(actors=2), max_new_shards=1)
+    summary = score_file_ray(settings, src, tmp_path / "ray.jsonl", options, Pool(actors=2))
     assert summary.shards_done_before == 1 and summary.rows == local.rows and summary.errors == local.errors == 1
     a, b = files.read_rows(tmp_path / "local.jsonl"), files.read_rows(tmp_path / "ray.jsonl")
     assert [r["id"] for r in b] == [r["id"] for r in a]

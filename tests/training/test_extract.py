@@ -122,13 +122,14 @@ def test_cache_key_changes_with_cap(tiny_backbone: Backbone, tmp_path: Path) -> 
 def test_ray_actors_fill_the_same_cache(tiny_backbone: Backbone, tiny_backbone_dir: Path, tmp_path: Path) -> None:
     """`armo train extract --ray`: 2 real local Ray actors compute the missing shards of a half-done local job;
     the table equals a fully local extraction."""
+    from armo.ray_pool import Pool
     from armo.training.on_ray import ray_pool
 
     items = _items()
     cfg = ExtractConfig(max_length=128, shard_size=3)
     with pytest.raises(RuntimeError, match="stopped after 1 new shard"):
         run_extraction(tiny_backbone, items, name="t", cache_root=tmp_path, cfg=cfg, max_new_shards=1, progress=False)
-    pool = ray_pool(str(tiny_backbone_dir), actors=2)
+    pool = ray_pool(str(tiny_backbone_dir), Pool(actors=2))
     table = run_extraction(tiny_backbone, items, name="t", cache_root=tmp_path, cfg=cfg, progress=False, pool=pool)
     (job,) = tmp_path.iterdir()
     runs = json.loads((job / "job.json").read_text())["runs"]

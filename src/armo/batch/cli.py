@@ -51,16 +51,10 @@ def score(
     options = Options(layout=layout, explain=explain, shard_rows=shard_rows, limit=limit, shard=(i, n))  # type: ignore[arg-type]
     if ray or ray_address:
         from armo.batch.on_ray import score_file_ray
+        from armo.ray_pool import Pool
 
         summary = score_file_ray(
-            settings,
-            src,
-            dst,
-            options,
-            actors=actors,
-            threads_per_actor=threads_per_actor,
-            gpus_per_actor=gpus_per_actor,
-            address=ray_address,
+            settings, src, dst, options, Pool(actors, threads_per_actor, gpus_per_actor, ray_address)
         )
         where = f"Ray ({actors} actors)"
     else:

@@ -35,15 +35,16 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Atomically: a reader never sees half a file."""
+    """Atomically (a reader never sees half a file), every row with every column: an error row has the score
+    columns too, as nulls (and Parquet has one schema)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    rows = [{k: r.get(k) for k in columns} for r in rows]
     if _format(path) == "parquet":
         import pyarrow as pa
 
         pq = _pyarrow()
-        # Parquet has one schema: every row gets every column (an error row has no scores: nulls there).
-        columns = list(dict.fromkeys(k for r in rows for k in r))
-        table = pa.Table.from_pylist([{k: r.get(k) for k in columns} for r in rows])
+        table = pa.Table.from_pylist(list(rows))
         atomic.write_file(path, lambda tmp: pq.write_table(table, tmp))
         return
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)

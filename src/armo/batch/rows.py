@@ -10,10 +10,10 @@ Input columns are kept. With `explain`, each scored response also gets its per-o
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+from armo.model_store.heads import preference_probability
 from armo.model_store.reward_model import ItemResult, ScoreItem
 
 Layout = Literal["items", "pairs", "best_of_n"]
@@ -71,7 +71,7 @@ def scored(row: Mapping[str, Any], layout: Layout, results: Sequence[ItemResult]
         chosen, rejected = results
         margin = chosen.score - rejected.score
         out.update(score_chosen=chosen.score, score_rejected=rejected.score, margin=margin)
-        out["p_chosen"] = 1.0 / (1.0 + math.exp(-margin)) if margin >= 0 else math.exp(margin) / (1 + math.exp(margin))
+        out["p_chosen"] = preference_probability(margin)
         out.update(truncated=chosen.truncated or rejected.truncated)
         if explain:
             out.update(explain_chosen=_explained(chosen), explain_rejected=_explained(rejected))

@@ -97,8 +97,6 @@ def plan(src: Path, dst: Path, options: Options, model_key: Sequence[object]) ->
 def finish(p: Plan, dst: Path, tokens: int, started: float, done_before: int) -> Summary:
     """Every shard done: the output file in input order, written at once; the shard folder removed."""
     scored = [r for s in range(len(p.shards)) for r in files.read_rows(p.part(s))]
-    columns = list(dict.fromkeys(k for r in scored for k in r))  # an error row has the score columns too: null
-    scored = [{k: r.get(k) for k in columns} for r in scored]
     files.write_rows(dst, scored)
     shutil.rmtree(p.parts, ignore_errors=True)
     errors = sum(r.get("error") is not None for r in scored)

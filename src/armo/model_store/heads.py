@@ -15,6 +15,7 @@ standardised column (their row of `W` is zero).
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -134,6 +135,12 @@ class ArmoHead(nn.Module):
 
     def forward(self, response_feature: Tensor, prompt_feature: Tensor, rule_values: Tensor | None = None) -> Tensor:
         return self.explain(response_feature, prompt_feature, rule_values).score
+
+
+def preference_probability(margin: float) -> float:
+    """Bradley-Terry P(a ≻ b) = σ(R_a − R_b), what the gating is trained on (β is already inside R). Stable for any
+    margin."""
+    return 1.0 / (1.0 + math.exp(-margin)) if margin >= 0 else math.exp(margin) / (1.0 + math.exp(margin))
 
 
 def debias_matrix(lambdas: Tensor, verbosity_index: int) -> Tensor:

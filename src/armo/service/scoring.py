@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from armo.model_store.errors import ArmoError, InputError, ModelNotLoadedError, NonFiniteScoreError
+from armo.model_store.heads import preference_probability
 from armo.model_store.reward_model import ItemResult, Prepared, RewardModel, ScoreItem, Steer, Steering
 from armo.service import protocol as p
 from armo.service.batcher import MicroBatcher
@@ -69,10 +70,6 @@ def _item_error(e: ArmoError) -> p.ItemError:
     return p.ItemError(
         type=kind_of(e).type, message=clean(e.message), field=None if e.field is None else clean(e.field)
     )
-
-
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
 class Scorer:
@@ -272,7 +269,7 @@ class Scorer:
         ranking = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
         # β (logit_scale) is already inside R = g · r', so the trained Bradley-Terry probability is σ(R_a − R_b).
         pairs = [
-            p.PairProbability(a=a, b=b, p_a_over_b=_sigmoid(scores[a] - scores[b]))
+            p.PairProbability(a=a, b=b, p_a_over_b=preference_probability(scores[a] - scores[b]))
             for a in range(len(scores))
             for b in range(a + 1, len(scores))
         ]

@@ -71,15 +71,10 @@ def train_extract(
         name = "train"
     pool = None
     if ray or ray_address:
+        from armo.ray_pool import Pool
         from armo.training.on_ray import ray_pool
 
-        pool = ray_pool(
-            cfg.backbone,
-            actors=actors,
-            threads_per_actor=threads_per_actor,
-            gpus_per_actor=gpus_per_actor,
-            address=ray_address,
-        )
+        pool = ray_pool(cfg.backbone, Pool(actors, threads_per_actor, gpus_per_actor, ray_address))
     _, seconds = featurize(cfg, ds, name, only_part=part, pool=pool)
     typer.echo(f"{name}: {len(ds.items)} responses featurised in {seconds:.0f} s")
 

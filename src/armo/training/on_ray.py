@@ -4,7 +4,6 @@ an 8B backbone, many GPUs) needs no other code, and a local run and a Ray run re
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +12,7 @@ import torch
 from safetensors.torch import load, save
 from torch import Tensor
 
+from armo.ray_pool import Pool, map_shards
 from armo.training.config import ExtractConfig
 from armo.training.extract import Group, ShardPool, compute_shard
 
@@ -39,54 +39,15 @@ class ShardExtractor:
         return out
 
 
-def ray_pool(
-    backbone: str,
-    *,
-    actors: int = 2,
-    threads_per_actor: int = 1,
-    gpus_per_actor: float = 0.0,
-    address: str | None = None,
-) -> ShardPool:
-    """A `ShardPool` for `run_extraction(..., pool=...)`; starts a local Ray on loopback unless `address` is given."""
+def ray_pool(backbone: str, pool: Pool) -> ShardPool:
+    """A `ShardPool` for `run_extraction(..., pool=...)` (`armo.ray_pool`: a local Ray unless `pool.address`)."""
 
-    def pool(inputs: dict[int, list[Group]], cfg: ExtractConfig) -> Iterator[tuple[int, dict[str, Tensor], int]]:
-        try:
-            import ray
-            import ray.data
-        except ImportError as e:
-            raise RuntimeError("--ray needs Ray Data: pip install 'ray[data]'") from e
-        started_here = not ray.is_initialized()
-        if started_here:
-            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-            if address is None:
-                kwargs |= {"num_cpus": max(1, actors * threads_per_actor), "_node_ip_address": "127.0.0.1"}
-            ray.init(address=address, **kwargs)
-        try:
-            ray.data.DataContext.get_current().execution_options.preserve_order = True
-            items = [
-                {
-                    "shard": s,
-                    "groups": json.dumps(
-                        [{"messages": [dict(m) for m in msgs], "responses": rs} for msgs, rs in groups]
-                    ),
-                }
-                for s, groups in inputs.items()
-            ]
-            ds = ray.data.from_items(items, override_num_blocks=len(items))
-            done = ds.map_batches(
-                ShardExtractor,
-                batch_size=1,
-                compute=ray.data.ActorPoolStrategy(size=min(actors, len(items))),
-                num_cpus=threads_per_actor,
-                num_gpus=gpus_per_actor,
-                batch_format="numpy",
-                fn_constructor_kwargs={"backbone": backbone, "cfg": vars(cfg), "threads": threads_per_actor},
-            )
-            for row in done.iter_rows():
-                yield int(row["shard"]), load(bytes(row["tensors"])), int(row["tokens"])
-        finally:
-            if started_here:
-                with contextlib.suppress(Exception):
-                    ray.shutdown()
+    def compute(inputs: dict[int, list[Group]], cfg: ExtractConfig) -> Iterator[tuple[int, dict[str, Tensor], int]]:
+        items = [
+            {"shard": s, "groups": json.dumps([{"messages": [dict(m) for m in ms], "responses": rs} for ms, rs in gs])}
+            for s, gs in inputs.items()
+        ]
+        for row in map_shards(ShardExtractor, items, pool, backbone=backbone, cfg=vars(cfg)):
+            yield int(row["shard"]), load(bytes(row["tensors"])), int(row["tokens"])
 
-    return pool
+    return compute

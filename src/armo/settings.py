@@ -7,6 +7,7 @@ List-valued variables (ARMO_API_KEYS) accept a comma-separated string or a JSON 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -15,9 +16,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from armo.model_store.errors import VLLM_SETUP
 from armo.model_store.store import BUNDLED_ROOT, DEFAULT_ALIAS, DEFAULT_MODEL
 
 if TYPE_CHECKING:  # the parts import torch; settings stay importable without it
+    from armo.model_store.manifest import Pooling
     from armo.model_store.reward_model import ScoringConfig
     from armo.service.batcher import BatcherConfig
     from armo.service.scoring import Limits
@@ -60,6 +63,17 @@ class Settings(BaseSettings):
         "row (armo.model_store.packing); false: padded batches with the prompt's key/value cache reused.",
     )
     torch_threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads; default: torch's choice.")
+    backend: Literal["transformers", "vllm"] = Field(
+        default="transformers",
+        description="What runs the backbone: transformers in-process, or vLLM (its own venv: scripts/setup-vllm.sh; "
+        "which is faster where: docs/BENCHMARKS.md).",
+    )
+    vllm_kv_cache_gib: int = Field(
+        default=2, ge=1, description="vLLM on a CPU: GiB for its key/value and prefix cache (VLLM_CPU_KVCACHE_SPACE)."
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        default=0.85, gt=0, le=1, description="vLLM on a GPU: the share of device memory it may take."
+    )
 
     # -- micro-batcher: requests merged into one worker batch ------------------------------------------------
     max_batch_items: int = Field(
@@ -185,6 +199,13 @@ class Settings(BaseSettings):
             raise ValueError("the admin key must be at least 8 characters")
         return value
 
+    @field_validator("backend")
+    @classmethod
+    def _backend_installed(cls, value: str) -> str:
+        if value == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise ValueError(f"vLLM is not installed in this Python: {VLLM_SETUP}")
+        return value
+
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
@@ -199,6 +220,8 @@ class Settings(BaseSettings):
             raise ValueError(f"ARMO_DTYPE={self.dtype} with ARMO_DEVICE=cpu is extremely slow; use float32 on CPU")
         if self.quantize != "none" and self.device != "cpu":
             raise ValueError(f"ARMO_QUANTIZE={self.quantize} runs on the CPU only (ARMO_DEVICE={self.device})")
+        if self.quantize != "none" and self.backend != "transformers":
+            raise ValueError(f"ARMO_QUANTIZE={self.quantize} runs on transformers only (ARMO_BACKEND={self.backend})")
         return self
 
     # -- the configs of the parts, built here so that no other place holds a default -----------------------
@@ -214,6 +237,28 @@ class Settings(BaseSettings):
             forward=PassBudget(tokens=self.max_pass_tokens, rows=self.max_pass_rows),
             padding_side=self.padding_side,
         )
+
+    def backbone_options(self, pooling: Pooling, max_length: int) -> dict[str, Any]:
+        """`load_backbone`'s keyword arguments for an artifact with this pooling and sequence limit."""
+        from armo.model_store.vllm_engine import VllmOptions
+
+        vllm = None
+        if self.backend == "vllm":
+            vllm = VllmOptions(
+                pooling=pooling,
+                max_length=max_length,
+                dtype=self.dtype,
+                kv_cache_gib=self.vllm_kv_cache_gib,
+                gpu_memory_utilization=self.vllm_gpu_memory_utilization,
+            )
+        return {
+            "cache_dir": self.cache_dir,
+            "device": self.device,
+            "dtype": self.dtype,
+            "quantize": self.quantize,
+            "packed": self.packed,
+            "vllm": vllm,
+        }
 
     def batcher_config(self) -> BatcherConfig:
         from armo.service.batcher import BatcherConfig

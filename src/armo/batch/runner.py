@@ -48,14 +48,8 @@ class Summary:
 def load_model(settings: Settings) -> RewardModel:
     """The artifact the service would serve with these settings (store, model, alias, backbone, limits)."""
     manifest, head = ModelStore(settings.store_root).load(settings.model, settings.alias)
-    backbone = load_backbone(
-        settings.backbone or manifest.backbone.id,
-        cache_dir=settings.cache_dir,
-        device=settings.device,
-        dtype=settings.dtype,
-        quantize=settings.quantize,
-        packed=settings.packed,
-    )
+    options = settings.backbone_options(manifest.pooling, manifest.backbone.max_length)
+    backbone = load_backbone(settings.backbone or manifest.backbone.id, **options)
     return RewardModel(backbone, head, manifest, settings.scoring_config(manifest.backbone.max_length))
 
 

@@ -11,9 +11,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 from safetensors.torch import save_file
@@ -21,9 +22,14 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, 
 
 from armo.model_store import atomic
 from armo.model_store.errors import ArtifactError
-from armo.model_store.manifest import BackboneRef, sha256_file
+from armo.model_store.manifest import BackboneRef, Pooling, sha256_file
 from armo.model_store.packing import enable
 from armo.model_store.quant import calibrate, calibration_batches, quantize_linears
+
+if TYPE_CHECKING:
+    from armo.model_store.encoding import Encoded
+    from armo.model_store.forward import Features
+    from armo.model_store.vllm_engine import VllmOptions
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +51,29 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "armo"
 
 
+class FeatureEngine(Protocol):
+    """A backend other than in-process transformers (vLLM): it computes the features the heads read."""
+
+    name: str
+
+    def features(self, encoded: Sequence[Encoded]) -> Features:
+        """The features of each sequence, in input order (those its pooling does not need may be NaN)."""
+        ...
+
+    def serves(self, pooling: Pooling, max_length: int) -> bool:
+        """Whether this engine can give an artifact with this pooling and sequence limit what it reads."""
+        ...
+
+
 @dataclass
 class Backbone:
-    """A loaded, frozen backbone and what identifies it."""
+    """A loaded, frozen backbone and what identifies it.
 
-    model: PreTrainedModel
+    It runs either in-process on transformers (`hf`, the default) or on another backend's `engine` (vLLM); the
+    tokenizer, and so every token id and position, is the same either way.
+    """
+
+    hf: PreTrainedModel | None
     tokenizer: PreTrainedTokenizerBase
     id: str
     revision: str
@@ -57,14 +81,30 @@ class Backbone:
     hidden_size: int
     # Attention routed through armo.model_store.packing: sequences run packed, unpadded, in one row per pass.
     packed: bool = False
+    engine: FeatureEngine | None = None
+
+    @property
+    def backend(self) -> str:
+        return "transformers" if self.engine is None else self.engine.name
+
+    @property
+    def model(self) -> PreTrainedModel:
+        """The transformers model; paths that need it (training extraction, int8, studies) refuse other backends."""
+        if self.hf is None:
+            raise ArtifactError(
+                f"backbone {self.id} runs on the {self.backend} backend; this path needs ARMO_BACKEND=transformers",
+                field="backend",
+            )
+        return self.hf
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        # An engine's features come back on the CPU; the heads are small and run there.
+        return torch.device("cpu") if self.hf is None else next(self.hf.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        return torch.float32 if self.hf is None else next(self.hf.parameters()).dtype
 
 
 def template_hash(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -160,11 +200,14 @@ def load_backbone(
     attn_implementation: str = "sdpa",
     quantize: Quantize = "none",
     packed: bool = True,
+    vllm: VllmOptions | None = None,
 ) -> Backbone:
     """Load `spec`: "embedded" / EMBEDDED_ID, a local directory, or a hub id (needs network).
 
     `packed` (default) runs sequences packed and unpadded (armo.model_store.packing) when the model's attention
     allows it; False keeps padded batches and the key/value-cache prompt sharing (the pre-packing path).
+    `vllm`: run the backbone on vLLM instead of transformers (armo.model_store.vllm_engine); the transformers model
+    is then not loaded at all.
     """
     torch_dtype = _DTYPES[dtype]
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "attn_implementation": attn_implementation}
@@ -184,12 +227,38 @@ def load_backbone(
         config = AutoConfig.from_pretrained(spec)
         revision = str(getattr(config, "_commit_hash", None) or "unknown")
         tokenizer = AutoTokenizer.from_pretrained(spec)
+        if vllm is not None:
+            return _on_vllm(spec, tokenizer, spec, revision, int(config.hidden_size), vllm)
         model = _finish(AutoModel.from_pretrained(spec, **kwargs), tokenizer, device, quantize)
         return _backbone(model, tokenizer, spec, revision, packed)
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    model = _finish(AutoModel.from_pretrained(directory, **kwargs), tokenizer, device, quantize)
-    log.info("backbone %s loaded in %.2f s", ident, time.perf_counter() - started)
-    return _backbone(model, tokenizer, ident, revision, packed)
+    if vllm is not None:
+        if quantize != "none":
+            raise ArtifactError("ARMO_QUANTIZE applies to the transformers backend only", field="quantize")
+        hidden = int(AutoConfig.from_pretrained(directory).hidden_size)
+        backbone = _on_vllm(str(directory), tokenizer, ident, revision, hidden, vllm, cache_dir)
+    else:
+        model = _finish(AutoModel.from_pretrained(directory, **kwargs), tokenizer, device, quantize)
+        backbone = _backbone(model, tokenizer, ident, revision, packed)
+    log.info("backbone %s loaded on %s in %.2f s", ident, backbone.backend, time.perf_counter() - started)
+    return backbone
+
+
+def _on_vllm(
+    source: str,
+    tokenizer: PreTrainedTokenizerBase,
+    ident: str,
+    revision: str,
+    hidden: int,
+    options: VllmOptions,
+    cache_dir: Path | None = None,
+) -> Backbone:
+    from armo.model_store.vllm_engine import VllmEngine, vllm_directory  # vLLM is optional: imported here only
+
+    if Path(source).is_dir():
+        source = str(vllm_directory(Path(source), revision, cache_dir or default_cache_dir()))
+    engine = VllmEngine(source, options)
+    return Backbone(None, tokenizer, ident, revision, template_hash(tokenizer), hidden, engine=engine)
 
 
 def _backbone(

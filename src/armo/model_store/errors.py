@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# What to do when the optional vLLM engine is asked for and missing (the setting and the start-up both say it).
+VLLM_SETUP = "install it with scripts/setup-vllm.sh and run from .venv-vllm (.venv-vllm/bin/armo serve)"
+
 
 class ArmoError(Exception):
     """Base class; `field` names the offending input when there is one."""

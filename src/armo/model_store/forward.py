@@ -295,8 +295,11 @@ def item_features(
     Responses that share a prompt (and were not truncated) reuse one prompt computation. A packed backbone runs
     everything in unpadded packed passes (`run_packed`). Otherwise shared prompts go through `run_prefix_cached`
     (several prompts per pass, responses on their key/value cache) and the rest run in length-sorted padded passes
-    (`run_padded`) within the budget and its padding cap.
+    (`run_padded`) within the budget and its padding cap. A backbone on another backend (vLLM) computes them its
+    own way (`Backbone.engine`).
     """
+    if backbone.engine is not None:
+        return backbone.engine.features(encoded)
     out = Features.empty(len(encoded), backbone.hidden_size)
     groups, shared = _shared_prompts(encoded) if share_prompts else ([], [])
     in_shared = {i for idx in shared for i in idx}

@@ -108,6 +108,12 @@ def check_compatible(manifest: Manifest, backbone: Backbone) -> None:
             f"template (hash {ref.template_hash[:12]} ≠ {backbone.template_hash[:12]})",
             field="backbone.template_hash",
         )
+    if backbone.engine is not None and not backbone.engine.serves(manifest.pooling, ref.max_length):
+        raise ArtifactError(
+            f"manifest.json: artifact {manifest.model}/{manifest.version} reads {manifest.pooling}-pooled features "
+            f"of up to {ref.max_length} tokens, which the running {backbone.backend} engine was not started for",
+            field="pooling",
+        )
 
 
 class RewardModel:

@@ -91,17 +91,12 @@ class Reloader:
         ref = manifest.backbone
         cur = self.current.rm.backbone if self.current else None
         override = self.settings.backbone
-        if cur is not None and (override is not None or (cur.id == ref.id and cur.revision == ref.revision)):
+        same = cur is not None and (override is not None or (cur.id == ref.id and cur.revision == ref.revision))
+        # An engine (vLLM) is started for one pooling and sequence limit; another artifact may need a new one.
+        if cur is not None and same and (cur.engine is None or cur.engine.serves(manifest.pooling, ref.max_length)):
             return cur, False
         spec = override or ref.id
-        backbone = self.backbone_loader(
-            spec,
-            cache_dir=self.settings.cache_dir,
-            device=self.settings.device,
-            dtype=self.settings.dtype,
-            quantize=self.settings.quantize,
-            packed=self.settings.packed,
-        )
+        backbone = self.backbone_loader(spec, **self.settings.backbone_options(manifest.pooling, ref.max_length))
         if override is None and backbone.revision != ref.revision:
             raise ArtifactError(
                 f"artifact {manifest.model}/{manifest.version} was trained on backbone {ref.id} revision "

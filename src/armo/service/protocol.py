@@ -203,6 +203,7 @@ class BackboneInfo(BaseModel):
     revision: str
     hidden_size: int
     max_length: int
+    backend: str = Field(description="What runs the backbone: transformers or vllm (ARMO_BACKEND).")
 
 
 class LoadedModelInfo(BaseModel):

@@ -360,6 +360,7 @@ def _describe(loaded: LoadedModel) -> p.LoadedModelInfo:
             revision=rm.backbone.revision,
             hidden_size=rm.backbone.hidden_size,
             max_length=rm.config.max_length,
+            backend=rm.backbone.backend,
         ),
         pooling=m.pooling,
         objectives=[

@@ -68,7 +68,7 @@ def main(
     on_vllm = load_backbone("embedded", vllm=options)
     engine = on_vllm.engine
     assert isinstance(engine, VllmEngine)
-    models = {"transformers": RewardModel(hf, head, manifest, config), "vllm": RewardModel(on_vllm, head, manifest, config)}
+    models = {name: RewardModel(b, head, manifest, config) for name, b in (("transformers", hf), ("vllm", on_vllm))}
 
     def scored(name: str) -> Callable[[Sequence[ScoreItem]], list[float]]:
         def run(batch: Sequence[ScoreItem]) -> list[float]:

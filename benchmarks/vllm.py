@@ -13,26 +13,46 @@ each call pays for its own work.
 
 Workloads: RewardBench-like pairs (every subset), Best-of-16 (one ~1,000-token prompt, 16 ~100-token responses),
 GRPO-like groups (8 prompts × 8 responses). "tokens" are the full templated sequences' tokens.
+
+`--http` adds the same comparison through the service: two `armo serve` processes (one per backend) up at once,
+sent the same requests in palindrome order by concurrent clients (a pair per request, a group per request). A
+server's prefix cache cannot be emptied from outside, so every timed pass tags its prompts with the pass number:
+no pass finds another's prompts in the cache, and each still shares a prompt between the responses of one pass.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import itertools
 import json
 import os
+import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import typer
+from loadtests.http_load import run_load
 
 from armo.model_store.backbone import Backbone, load_backbone
 from armo.model_store.reward_model import RewardModel, ScoreItem
 from armo.model_store.store import BUNDLED_ROOT, DEFAULT_MODEL, ModelStore
 from armo.model_store.vllm_engine import VllmEngine, VllmOptions
 from armo.settings import Settings
-from benchmarks.run import ROOT, best_of_n, cpu_model, palindrome_seconds, ratio_summary, rewardbench_pairs
+from benchmarks.run import (
+    ROOT,
+    best_of_n,
+    cpu_model,
+    free_port,
+    http_load,
+    palindrome_seconds,
+    ratio_summary,
+    rewardbench_pairs,
+    server,
+)
 
 
 def grpo_groups(backbone: Backbone, prompts: int, responses: int, max_length: int) -> list[ScoreItem]:
@@ -52,6 +72,8 @@ def main(
     rounds: int = typer.Option(3, help="Rounds of palindrome-ordered timings."),
     device: str = typer.Option("cpu", help="cpu, or cuda (scripts/gpu_check.sh)."),
     dtype: str = typer.Option("float32", help="float32 on a CPU; bfloat16 on a GPU."),
+    http: bool = typer.Option(False, help="Also compare the backends through the service over HTTP."),
+    concurrency: int = typer.Option(8, help="Concurrent HTTP clients."),
     out: Path = typer.Option(ROOT / "docs" / "benchmarks_vllm.json", help="Where to write the figures."),
 ) -> None:
     manifest, head = ModelStore(BUNDLED_ROOT).load(DEFAULT_MODEL)
@@ -115,9 +137,68 @@ def main(
             + f"; vllm/transformers {row['vllm_vs_transformers']['overall']:.2f}×"
             + f", vllm/peer {row['vllm_vs_peer']['overall']:.2f}×; max |Δscore| {diff:.2e}"
         )
+    if http:
+        del models, on_vllm, engine, hf  # the servers load their own
+        results["http"] = http_leg(
+            {name: (items, results[name]["tokens"]) for name, (items, _) in workloads.items()}, rounds, concurrency
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def requests_of(items: Sequence[ScoreItem], per_request: int, tag: int) -> list[dict[str, Any]]:
+    """`/v1/score` bodies of `per_request` items; every prompt tagged with the pass number `tag`."""
+    rows = [
+        {
+            "messages": [
+                {**m, "content": f"[{tag}] {m['content']}"} if i == 0 else m for i, m in enumerate(it.messages)
+            ],
+            "response": it.response,
+        }
+        for it in items
+    ]
+    return [{"items": rows[k : k + per_request]} for k in range(0, len(rows), per_request)]
+
+
+def http_leg(workloads: dict[str, tuple[list[ScoreItem], int]], rounds: int, concurrency: int) -> dict[str, Any]:
+    """Both backends behind `armo serve`, timed in palindrome order on the same requests (tagged per pass).
+    `workloads`: name -> (items, their tokens untagged; a tag adds about 4 tokens per sequence)."""
+    tmp = Path(tempfile.mkdtemp(prefix="armo-bench-vllm-"))
+    base = {"ARMO_WATCH_INTERVAL_S": "0", "ARMO_LOG_LEVEL": "WARNING", "ARMO_REQUEST_TIMEOUT_S": "600"}
+    base |= {"ARMO_MAX_QUEUE": "4096"}
+    ports = {"transformers": free_port(), "vllm": free_port()}
+    cmd = [sys.executable, "-m", "armo.cli", "serve", "--port"]
+    tags = itertools.count()
+    per_request = {"pairs": 2, "best_of_16": 16, "grpo_8x8": 8}
+    out: dict[str, Any] = {"concurrency": concurrency}
+    with (
+        server([*cmd, str(ports["transformers"])], base, ports["transformers"], tmp / "transformers.log"),
+        server([*cmd, str(ports["vllm"])], base | {"ARMO_BACKEND": "vllm"}, ports["vllm"], tmp / "vllm.log"),
+    ):
+        for port in ports.values():  # warm-up: the first requests pay for lazy initialisation
+            http_load(f"http://127.0.0.1:{port}/v1/score", requests_of(workloads["pairs"][0][:8], 2, -1), 2)
+        for name, (items, tokens) in workloads.items():
+
+            def send(backend: str, batch: Sequence[ScoreItem], name: str = name) -> None:
+                payloads = requests_of(batch, per_request[name], next(tags))
+                url = f"http://127.0.0.1:{ports[backend]}/v1/score"
+                result = asyncio.run(run_load(url, payloads, concurrency=concurrency))
+                assert result.ok == len(payloads), result.statuses  # a refused request would flatter the rate
+
+            paths = {b: (lambda batch, b=b: send(b, batch)) for b in ports}
+            slices = [items[k : k + 16] for k in range(0, len(items), 16)]
+            seconds = palindrome_seconds(paths, slices, rounds)
+            out[name] = {
+                "tokens_per_s": {b: tokens * rounds / sum(v) for b, v in seconds.items()},
+                "vllm_vs_transformers": ratio_summary(seconds["transformers"], seconds["vllm"]),
+            }
+            print(
+                f"http {name}: tokens/s "
+                + ", ".join(f"{b} {r:.0f}" for b, r in out[name]["tokens_per_s"].items())
+                + f"; vllm/transformers {out[name]['vllm_vs_transformers']['overall']:.2f}×"
+            )
+    return out
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
@@ -82,3 +84,18 @@ def test_int8_is_refused_off_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ARMO_DTYPE", "bfloat16")
     with pytest.raises(ValidationError, match="CPU only"):
         Settings()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed in this Python")
+def test_armo_serve_without_vllm_names_the_setting_and_the_setup_script(monkeypatch: pytest.MonkeyPatch) -> None:
+    import typer
+
+    from armo.service.cli import serve
+
+    app = typer.Typer()
+    app.command()(serve)
+    monkeypatch.setenv("ARMO_BACKEND", "vllm")
+    result = CliRunner().invoke(app, [])
+    assert result.exit_code == 2, result.output
+    assert "ARMO_BACKEND" in result.output and "scripts/setup-vllm.sh" in result.output
+    assert "Traceback" not in result.output

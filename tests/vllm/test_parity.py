@@ -137,3 +137,11 @@ def test_an_engine_refuses_an_artifact_it_was_not_started_for(embedded_backbone:
     longer, _ = make_artifact(embedded_backbone, max_length=4096)
     with pytest.raises(ArtifactError, match="4096 tokens"):
         RewardModel(vllm_last, head, longer)
+
+
+def test_settings_keep_int8_to_transformers() -> None:
+    from pydantic import ValidationError
+
+    assert Settings(backend="vllm").backend == "vllm"  # vLLM is installed here, so the backend is accepted
+    with pytest.raises(ValidationError, match="transformers only"):
+        Settings(backend="vllm", quantize="int8")

@@ -6,11 +6,13 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from armo.model_store.backbone import load_backbone
@@ -35,6 +37,7 @@ from armo.service.state import Services
 from armo.settings import Settings
 
 log = logging.getLogger(__name__)
+UI_DIR = Path(__file__).with_name("ui")
 
 DESCRIPTION = """Interpretable, steerable ArmoRM-style reward model.
 
@@ -127,6 +130,8 @@ def create_app(settings: Settings | None = None, *, backbone_loader: BackboneLoa
     app.state.services = services
     _install_error_handlers(app)
     app.include_router(build_router(services))
+    # The explain page: static files, no build step, nothing from a CDN; its API calls carry the key the user types.
+    app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
     app.add_middleware(
         RequestMiddleware,
         metrics=services.metrics,

@@ -99,6 +99,22 @@ class GetRewardRequest(BaseModel):
         return self
 
 
+class UntemplateRequest(_Strict):
+    text: str = Field(min_length=1, description="A chat-templated conversation ending with an assistant response.")
+    prompt: str | None = Field(
+        default=None, description="The templated prompt the response followed (then the response is what follows it)."
+    )
+
+
+class UntemplateResponse(BaseModel):
+    """What the service reads from a templated text: the turns and the response `/get_reward` would score."""
+
+    messages: list[ChatMessage]
+    response: str
+    unterminated: bool = Field(description="The response carried no end-of-turn marker.")
+    family: str = Field(description="The template family recognised (chatml, llama3, ... or the backbone's own).")
+
+
 class ReloadRequest(_Strict):
     version: str | None = Field(
         default=None,

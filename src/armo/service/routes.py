@@ -53,6 +53,10 @@ def build_router(services: Services) -> APIRouter:
         s = services_of(request)
         return await unless_disconnected(request, s.scorer.compare(body, caller_of(request)), s.metrics)
 
+    @v1.post("/untemplate", response_model=p.UntemplateResponse, summary="The turns read from a templated text")
+    async def untemplate(body: p.UntemplateRequest, request: Request) -> p.UntemplateResponse:
+        return services_of(request).scorer.untemplate(body)
+
     @v1.get("/models", response_model=p.ModelsResponse, summary="The loaded model, the store, the last reload")
     async def models(request: Request) -> p.ModelsResponse:
         return services_of(request).scorer.models()

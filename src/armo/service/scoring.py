@@ -318,6 +318,17 @@ class Scorer:
             errors=errors if any(errors) else None,
         )
 
+    def untemplate(self, req: p.UntemplateRequest) -> p.UntemplateResponse:
+        """/v1/untemplate: the turns and response `/get_reward` reads from one templated text (nothing scored)."""
+        self._check_text(req.text, "text")
+        parsed = parse(req.text, self._model().families, field="text", prompt=req.prompt)
+        return p.UntemplateResponse(
+            messages=[p.ChatMessage.model_construct(**m) for m in parsed.messages],
+            response=parsed.response,
+            unterminated=parsed.unterminated,
+            family=parsed.family,
+        )
+
     def _note_extra_fields(self, names: list[str]) -> None:
         """Fields a newer OpenRLHF adds are ignored; say so once per name, not once per request."""
         new = [n for n in names if n not in self._seen_extra]

@@ -323,7 +323,7 @@ class Scorer:
         self._check_text(req.text, "text")
         parsed = parse(req.text, self._model().families, field="text", prompt=req.prompt)
         return p.UntemplateResponse(
-            messages=[p.ChatMessage.model_construct(**m) for m in parsed.messages],
+            messages=[p.ChatMessage.model_construct(role=m["role"], content=m["content"]) for m in parsed.messages],
             response=parsed.response,
             unterminated=parsed.unterminated,
             family=parsed.family,

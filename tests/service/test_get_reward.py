@@ -106,3 +106,22 @@ async def test_only_a_text_without_turns_is_refused(api: Api) -> None:
     assert r.status_code == 422 and r.json()["error"]["field"] == "query[0]"
     r = await client.post("/get_reward", json={"query": ["a", "b"], "prompts": ["a"]}, headers=AUTH)
     assert r.status_code == 422 and "prompts" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=lambda p: p.name)
+async def test_untemplate_shows_what_get_reward_reads(api: Api, policy: Policy) -> None:
+    _, client = api
+    messages, prompt = _prompt(policy)
+    text = render(policy, [*messages, {"role": "assistant", "content": GENERATIONS[0]}])
+    r = await client.post("/v1/untemplate", json={"text": text}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["messages"] == messages and got["response"] == GENERATIONS[0] and not got["unterminated"]
+    cut = await client.post("/v1/untemplate", json={"text": prompt + GENERATIONS[1], "prompt": prompt}, headers=AUTH)
+    assert cut.json()["response"] == GENERATIONS[1] and cut.json()["unterminated"] is True
+
+
+async def test_untemplate_refuses_plain_text_naming_the_field(api: Api) -> None:
+    _, client = api
+    r = await client.post("/v1/untemplate", json={"text": "just words, no turns"}, headers=AUTH)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "text"

@@ -67,7 +67,7 @@ def grpo_groups(backbone: Backbone, prompts: int, responses: int, max_length: in
 
 
 def main(
-    pairs: int = typer.Option(48, help="RewardBench pairs in the pair workload."),
+    pairs: int = typer.Option(24, help="RewardBench pairs in the pair workload."),
     max_length: int = typer.Option(1024, help="Longest sequence admitted to the pair workload (tokens)."),
     rounds: int = typer.Option(3, help="Rounds of palindrome-ordered timings."),
     device: str = typer.Option("cpu", help="cpu, or cuda (scripts/gpu_check.sh)."),

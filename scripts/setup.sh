@@ -16,3 +16,18 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
 fi
+# tests/ops runs a real Prometheus and promtool: Debian's `prometheus` package (2.42), installed once, as root.
+# --no-install-recommends skips prometheus-node-exporter and its tools; the package's own service is stopped and
+# disabled where systemd runs (the tests start their own Prometheus on 127.0.0.1, never the system one on :9090).
+if ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; then
+      if [ -d /run/systemd/system ]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+    else
+      echo "scripts/setup.sh: installing Debian's prometheus package failed; tests/ops will be skipped" >&2
+    fi
+  else
+    echo "scripts/setup.sh: promtool not found and not root (or no apt-get): run 'apt-get install prometheus'" \
+      "as root, or tests/ops (the live Prometheus check) will be skipped" >&2
+  fi
+fi

@@ -16,18 +16,27 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
 fi
-# tests/ops runs a real Prometheus and promtool: Debian's `prometheus` package (2.42), installed once, as root.
-# --no-install-recommends skips prometheus-node-exporter and its tools; the package's own service is stopped and
-# disabled where systemd runs (the tests start their own Prometheus on 127.0.0.1, never the system one on :9090).
-if ! command -v promtool >/dev/null 2>&1; then
+# System packages the tests drive for real, installed once, as root, from Debian: `prometheus` with promtool
+# (tests/ops: a live Prometheus; --no-install-recommends skips node-exporter and its tools, and the package's own
+# service is disabled where systemd runs: the tests start their own on 127.0.0.1, never the system one on :9090) and
+# `chromium` (tests/ui: Playwright drives it; `playwright install` cannot download here). Under CI a failed install
+# fails the set-up; elsewhere those tests are skipped with a reason naming this script.
+apt_install() {  # apt_install COMMAND PACKAGE [apt-get install options…]
+  local command=$1 package=$2
+  shift 2
+  command -v "$command" >/dev/null 2>&1 && return 0
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-    if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; then
-      if [ -d /run/systemd/system ]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
-    else
-      echo "scripts/setup.sh: installing Debian's prometheus package failed; tests/ops will be skipped" >&2
+    if { [ -n "${ARMO_APT_UPDATED:-}" ] || apt-get update -qq; } &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" "$package" >/dev/null; then
+      ARMO_APT_UPDATED=1
+      return 0
     fi
-  else
-    echo "scripts/setup.sh: promtool not found and not root (or no apt-get): run 'apt-get install prometheus'" \
-      "as root, or tests/ops (the live Prometheus check) will be skipped" >&2
   fi
+  echo "scripts/setup.sh: could not install Debian's $package (needs root and apt-get); its tests will be skipped" >&2
+  [ -z "${CI:-}" ]  # under CI a missing package is a failure, not a skip
+}
+apt_install promtool prometheus --no-install-recommends
+if [ -d /run/systemd/system ] && systemctl is-enabled prometheus >/dev/null 2>&1; then
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
+apt_install chromium chromium

@@ -1,5 +1,6 @@
 """`armo batch score` throughput: local (one process, 2 torch threads) against Ray Data with 2 actors × 1 thread and
-1 actor × 2 threads, and against the service over HTTP (`armo serve`, 8 concurrent clients of `armo.client`, one
+1 actor × 2 threads (over the file's shards, and reading and writing through Ray's datasources: a directory in, a
+Parquet directory out), and against the service over HTTP (`armo serve`, 8 concurrent clients of `armo.client`, one
 pair per request), on the same pairs, the embedded default model. Prints tokens/s and the ratios.
 
     .venv/bin/python -m benchmarks.batch --pairs 100
@@ -20,6 +21,7 @@ import torch
 
 from armo.batch.on_ray import score_file_ray
 from armo.batch.runner import Options, load_model, score_file
+from armo.batch.streaming import score_dataset_ray
 from armo.ray_pool import Pool
 from armo.settings import Settings
 from armo.training.config import default_data_root
@@ -98,11 +100,16 @@ def main() -> None:
         started = time.perf_counter()
         out = score_file_ray(settings, src, work / f"ray-{actors}x{threads}.jsonl", options, Pool(actors, threads))
         results[f"Ray, {actors} actor(s) × {threads} thread(s)"] = out.tokens / (time.perf_counter() - started)
+    (work / "in").mkdir()
+    src.rename(work / "in" / src.name)
+    count, seconds = score_dataset_ray(settings, str(work / "in"), str(work / "out"), options, Pool(2, 1))
+    assert count == len(rows)
+    results["Ray datasources, 2 actors × 1 thread"] = local.tokens / seconds
     results["service over HTTP, 8 clients"] = _over_http(rows, local.tokens)
     base = results["local, 1 process × 2 threads"]
     print(f"{args.pairs} pairs, {local.tokens} tokens (each response with its prompt), wall time incl. model loads")
     for name, rate in results.items():
-        print(f"{name:36s} {rate:8.0f} tokens/s   × local {rate / base:.2f}")
+        print(f"{name:38s} {rate:8.0f} tokens/s   × local {rate / base:.2f}")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,10 @@ class Pool:
     address: str | None = None  # a running cluster; None: a local Ray for this run
 
 
-def map_shards(cls: type, items: list[dict[str, Any]], pool: Pool, **constructor: Any) -> Iterator[dict[str, Any]]:
-    """`cls(**constructor)` on every actor; yields `cls.__call__`'s rows for `items` (one block each), in order."""
+@contextlib.contextmanager
+def ray_session(pool: Pool) -> Iterator[Any]:
+    """`ray` connected to `pool.address`, or a local Ray for this run (loopback, no dashboard) shut down after;
+    order-preserving Ray Data execution."""
     try:
         import ray
         import ray.data
@@ -30,23 +32,38 @@ def map_shards(cls: type, items: list[dict[str, Any]], pool: Pool, **constructor
     if started_here:
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
         if pool.address is None:
-            kwargs |= {"num_cpus": max(1, pool.actors * pool.threads_per_actor), "_node_ip_address": "127.0.0.1"}
+            # The actors' CPUs, and one more for the read and write tasks of Ray's datasources: without it they
+            # wait for a CPU the actors never give back.
+            kwargs |= {"num_cpus": pool.actors * pool.threads_per_actor + 1, "_node_ip_address": "127.0.0.1"}
         ray.init(address=pool.address, **kwargs)
     try:
         ray.data.DataContext.get_current().execution_options.preserve_order = True
-        # One block per shard, so that every actor gets work.
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
-        done = ds.map_batches(
-            cls,
-            batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=min(pool.actors, len(items))),
-            num_cpus=pool.threads_per_actor,
-            num_gpus=pool.gpus_per_actor,
-            batch_format="numpy",
-            fn_constructor_kwargs={**constructor, "threads": pool.threads_per_actor},
-        )
-        yield from done.iter_rows()
+        yield ray
     finally:
         if started_here:
             with contextlib.suppress(Exception):
                 ray.shutdown()
+
+
+def actor_map(ds: Any, cls: type, pool: Pool, batch_size: int, batch_format: str, **constructor: Any) -> Any:
+    """`ds.map_batches` through `cls(**constructor, threads=…)` on an actor pool of `pool`'s size and resources."""
+    import ray.data
+
+    return ds.map_batches(
+        cls,
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=pool.actors),
+        num_cpus=pool.threads_per_actor,
+        num_gpus=pool.gpus_per_actor,
+        batch_format=batch_format,
+        fn_constructor_kwargs={**constructor, "threads": pool.threads_per_actor},
+    )
+
+
+def map_shards(cls: type, items: list[dict[str, Any]], pool: Pool, **constructor: Any) -> Iterator[dict[str, Any]]:
+    """`cls(**constructor)` on every actor; yields `cls.__call__`'s rows for `items` (one block each), in order."""
+    with ray_session(pool) as ray:
+        # One block per shard, so that every actor gets work.
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        sized = Pool(min(pool.actors, len(items)), pool.threads_per_actor, pool.gpus_per_actor, pool.address)
+        yield from actor_map(ds, cls, sized, 1, "numpy", **constructor).iter_rows()

@@ -135,3 +135,51 @@ def test_ray_actor_pool_equals_the_local_run_and_resumes(tiny_store: Any, tmp_pa
     assert [r["id"] for r in b] == [r["id"] for r in a]
     assert [r["score"] for r in b] == pytest.approx([r["score"] for r in a], abs=1e-5)
     assert [r["error"] for r in b] == [r["error"] for r in a]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ray_datasources_read_a_directory_and_write_parquet(
+    tiny_store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory of JSONL files in, a Parquet directory out, through Ray's datasources with 2 actors: the same rows
+    and scores as the local run (to 1e-5), error rows kept, one schema even for a batch whose rows all failed, and
+    a run started again replaces its output instead of adding to it."""
+    import pyarrow.parquet as pq
+
+    from armo.batch.runner import load_model
+    from armo.settings import Settings
+
+    monkeypatch.setenv("ARMO_STORE_ROOT", str(tiny_store.root))
+    monkeypatch.setenv("ARMO_MODEL", "tiny")
+    good = [{**p, "id": i} for i, p in enumerate([*PAIRS, *PAIRS[:1]])]
+    bad = [
+        {"id": 6 + i, "messages": [*CONV, {"role": "assistant", "content": "x"}], "chosen": "a", "rejected": "b"}
+        for i in range(2)
+    ]
+    src = tmp_path / "in"
+    _write(src, "a.jsonl", good[:4])
+    _write(src, "b.jsonl", [*good[4:], *bad])  # batches of 2: the last one fails whole
+    out = tmp_path / "out"
+    args = ["batch", "score", str(src), str(out), "--ray", "--actors", "2", "--shard-rows", "2", "--explain"]
+    for _ in range(2):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert "8 rows scored" in result.output
+    table = pq.read_table(out)
+    assert table.num_rows == 8  # the second run replaced the first one's files
+    got = sorted(table.to_pylist(), key=lambda r: r["id"])
+    local_in = _write(tmp_path, "all.jsonl", [*good, *bad])
+    score_file(load_model(Settings()), local_in, tmp_path / "local.jsonl", Options(explain=True), progress=False)
+    want = files.read_rows(tmp_path / "local.jsonl")
+    assert [r["id"] for r in got] == [r["id"] for r in want]
+    assert [r["margin"] for r in got[:6]] == pytest.approx([r["margin"] for r in want[:6]], abs=1e-5)
+    assert [r["error"] is None for r in got] == [True] * 6 + [False] * 2
+    assert got[7]["score_chosen"] is None and "user turn" in got[7]["error"]
+    assert got[0]["explain_chosen"]["objectives"] == pytest.approx(want[0]["explain_chosen"]["objectives"], abs=1e-5)
+    as_json = CliRunner().invoke(app, [*args[:3], str(tmp_path / "out-json"), *args[4:], "--output-format", "jsonl"])
+    assert as_json.exit_code == 0, as_json.output
+    lines = [json.loads(x) for f in sorted((tmp_path / "out-json").glob("*.json*")) for x in f.read_text().splitlines()]
+    assert sorted(r["id"] for r in lines) == list(range(8))
+    no_ray = CliRunner().invoke(app, ["batch", "score", str(src), str(tmp_path / "x")])
+    assert no_ray.exit_code != 0 and "--ray" in no_ray.output

@@ -96,18 +96,21 @@ def main() -> None:
     started = time.perf_counter()
     local = score_file(load_model(settings), src, work / "local.jsonl", options, progress=False)
     results["local, 1 process × 2 threads"] = local.tokens / (time.perf_counter() - started)
+    print(f"{args.pairs} pairs, {local.tokens} tokens (each response with its prompt), wall time incl. model loads")
+    print(f"local: {results['local, 1 process × 2 threads']:.0f} tokens/s", flush=True)
     for actors, threads in ((2, 1), (1, 2)):
         started = time.perf_counter()
         out = score_file_ray(settings, src, work / f"ray-{actors}x{threads}.jsonl", options, Pool(actors, threads))
         results[f"Ray, {actors} actor(s) × {threads} thread(s)"] = out.tokens / (time.perf_counter() - started)
+        print(f"Ray {actors}×{threads}: {results[f'Ray, {actors} actor(s) × {threads} thread(s)']:.0f}", flush=True)
     (work / "in").mkdir()
     src.rename(work / "in" / src.name)
     count, seconds = score_dataset_ray(settings, str(work / "in"), str(work / "out"), options, Pool(2, 1))
     assert count == len(rows)
     results["Ray datasources, 2 actors × 1 thread"] = local.tokens / seconds
+    print(f"Ray datasources 2×1: {local.tokens / seconds:.0f}", flush=True)
     results["service over HTTP, 8 clients"] = _over_http(rows, local.tokens)
     base = results["local, 1 process × 2 threads"]
-    print(f"{args.pairs} pairs, {local.tokens} tokens (each response with its prompt), wall time incl. model loads")
     for name, rate in results.items():
         print(f"{name:38s} {rate:8.0f} tokens/s   × local {rate / base:.2f}")
 

@@ -1,17 +1,22 @@
 """The vLLM backend's tests. They run inside the vLLM venv (`bash scripts/setup-vllm.sh`, then
-`.venv-vllm/bin/pytest tests/vllm`); elsewhere they are skipped with that reason."""
+`.venv-vllm/bin/pytest tests/backend_vllm`); elsewhere every module is skipped with that reason (`need_vllm`)."""
 
 from __future__ import annotations
 
 import pytest
 
-pytest.importorskip(
-    "vllm", reason="vLLM is not installed here: bash scripts/setup-vllm.sh, then .venv-vllm/bin/pytest tests/vllm"
-)
-
 from armo.model_store.backbone import EMBEDDED_ID, Backbone, load_backbone
 from armo.model_store.manifest import Pooling
-from armo.model_store.vllm_engine import VllmOptions
+from armo.model_store.vllm_engine import VllmOptions  # imports vLLM only when an engine starts
+
+SETUP = "vLLM is not installed here: bash scripts/setup-vllm.sh, then .venv-vllm/bin/pytest tests/backend_vllm"
+
+
+def need_vllm() -> None:
+    """Skip the calling test module where vLLM is not installed (a module skip, so that naming this folder on the
+    command line skips too instead of failing in the conftest)."""
+    pytest.importorskip("vllm", reason=SETUP)
+
 
 # Small enough for CI's machine next to the transformers backbone; the embedded model needs ~46 KB per cached token.
 KV_CACHE_GIB = 1

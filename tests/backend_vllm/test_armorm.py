@@ -13,7 +13,9 @@ from armo.model_store.backbone import load_backbone
 from armo.model_store.reward_model import RewardModel, ScoreItem
 from armo.model_store.store import ModelStore
 from tests.armorm_twin import CONVERSATIONS, build_armorm_twin, published_scores
-from tests.vllm.conftest import options
+from tests.backend_vllm.conftest import need_vllm, options
+
+need_vllm()
 
 
 def test_armorm_twin_on_vllm_equals_the_published_forward(

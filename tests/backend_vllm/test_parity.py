@@ -16,7 +16,10 @@ from armo.model_store.forward import PassBudget, item_features
 from armo.model_store.reward_model import RewardModel, ScoreItem
 from armo.model_store.store import BUNDLED_ROOT, DEFAULT_MODEL, ModelStore
 from armo.settings import Settings
+from tests.backend_vllm.conftest import need_vllm
 from tests.conftest import make_artifact
+
+need_vllm()
 
 WORDS = [
     "the",

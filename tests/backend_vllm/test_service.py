@@ -7,9 +7,11 @@ from pathlib import Path
 
 from armo.model_store.backbone import Backbone, load_backbone
 from armo.model_store.store import ModelStore
+from tests.backend_vllm.conftest import KV_CACHE_GIB, need_vllm
 from tests.conftest import make_artifact
 from tests.service.conftest import ADMIN_KEY, API_KEY, make_settings, serve
-from tests.vllm.conftest import KV_CACHE_GIB
+
+need_vllm()
 
 ITEMS = [
     {"messages": [{"role": "user", "content": "Name a prime number."}], "response": "7 is prime."},

@@ -1,8 +1,8 @@
 """The vLLM backend (`ARMO_BACKEND=vllm`): the backbone runs on vLLM's pooling runner instead of transformers.
 
 It is fed token ids (`TokensPrompt`) from the same encoding as the transformers backend, so every position is the
-same; only the kernels differ (parity ≤ 2e-4 on the features, tests/vllm). vLLM's own scheduler batches what it is
-given; the service's batcher still does admission, deadlines and per-request isolation in front of it.
+same; only the kernels differ (parity ≤ 2e-4 on the features, tests/backend_vllm). vLLM's own scheduler batches
+what it is given; the service's batcher still does admission, deadlines and per-request isolation in front of it.
 
 Two ways to get the features, fixed when the engine starts (vLLM binds one pooling task per engine):
 - `last` artifacts (ArmoRM's choice): two LAST-pooled stages. First every distinct prompt prefix (through the last

@@ -78,6 +78,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=100)
     ap.add_argument("--shard-rows", type=int, default=10)
+    ap.add_argument("--no-datasources", action="store_true", help="skip the Ray-datasources row")
     args = ap.parse_args()
     rows = []
     with gzip.open(Path(default_data_root()) / "train/pairwise/ultrafeedback.jsonl.gz", "rt") as f:
@@ -103,12 +104,13 @@ def main() -> None:
         out = score_file_ray(settings, src, work / f"ray-{actors}x{threads}.jsonl", options, Pool(actors, threads))
         results[f"Ray, {actors} actor(s) × {threads} thread(s)"] = out.tokens / (time.perf_counter() - started)
         print(f"Ray {actors}×{threads}: {results[f'Ray, {actors} actor(s) × {threads} thread(s)']:.0f}", flush=True)
-    (work / "in").mkdir()
-    src.rename(work / "in" / src.name)
-    count, seconds = score_dataset_ray(settings, str(work / "in"), str(work / "out"), options, Pool(2, 1))
-    assert count == len(rows)
-    results["Ray datasources, 2 actors × 1 thread"] = local.tokens / seconds
-    print(f"Ray datasources 2×1: {local.tokens / seconds:.0f}", flush=True)
+    if not args.no_datasources:
+        (work / "in").mkdir()
+        src.rename(work / "in" / src.name)
+        count, seconds = score_dataset_ray(settings, str(work / "in"), str(work / "out"), options, Pool(2, 1))
+        assert count == len(rows)
+        results["Ray datasources, 2 actors × 1 thread"] = local.tokens / seconds
+        print(f"Ray datasources 2×1: {local.tokens / seconds:.0f}", flush=True)
     results["service over HTTP, 8 clients"] = _over_http(rows, local.tokens)
     base = results["local, 1 process × 2 threads"]
     for name, rate in results.items():

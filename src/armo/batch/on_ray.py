@@ -20,8 +20,10 @@ from armo.model_store.store import ModelStore
 from armo.ray_pool import Pool, map_shards
 from armo.settings import Settings
 
-# What an actor needs to load the model the driver would: every setting but the keys (never shipped to workers).
-_SHIPPED = ("api_keys", "admin_key")
+
+def worker_settings(settings: Settings) -> dict[str, Any]:
+    """What an actor needs to load the model the driver would: every setting but the keys (never sent to workers)."""
+    return settings.model_dump(mode="json", exclude={"api_keys", "admin_key"})
 
 
 class ShardScorer:
@@ -65,7 +67,7 @@ def score_file_ray(
         todo = todo[:max_new_shards]
     started, tokens = time.perf_counter(), 0
     if todo:
-        shipped = {k: v for k, v in settings.model_dump(mode="json").items() if k not in _SHIPPED}
+        shipped = worker_settings(settings)
         items = [{"shard": s, "rows": json.dumps(p.shards[s])} for s in todo]
         constructor = {"settings": shipped, "layout": p.layout, "explain": options.explain}
         # In shard order, each written as it arrives: a kill loses no finished shard.

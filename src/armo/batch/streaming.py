@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from armo.batch import rows
+from armo.batch.on_ray import worker_settings
 from armo.batch.runner import Options, load_model, score_rows
 from armo.ray_pool import Pool, actor_map, ray_session
 from armo.settings import Settings
@@ -109,7 +110,7 @@ def score_dataset_ray(
         raise ValueError("--shard splits a file between processes; on Ray's datasources Ray spreads the work")
     started = time.perf_counter()
     fmt = in_format or input_format(src)
-    shipped = settings.model_dump(mode="json", exclude={"api_keys", "admin_key"})  # never ship keys to workers
+    shipped = worker_settings(settings)
     with ray_session(pool) as ray:
         # No hive partitioning: the rows are the files' rows (no columns from directory names), and its path
         # handling imports fsspec inside read tasks, which races in Ray's threaded workers.

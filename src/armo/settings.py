@@ -240,10 +240,10 @@ class Settings(BaseSettings):
 
     def backbone_options(self, pooling: Pooling, max_length: int) -> dict[str, Any]:
         """`load_backbone`'s keyword arguments for an artifact with this pooling and sequence limit."""
-        from armo.model_store.vllm_engine import VllmOptions
-
         vllm = None
-        if self.backend == "vllm":
+        if self.backend == "vllm":  # the engine module (safetensors, the view-making code) only when asked for
+            from armo.model_store.vllm_engine import VllmOptions
+
             vllm = VllmOptions(
                 pooling=pooling,
                 max_length=max_length,

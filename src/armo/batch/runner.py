@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from armo.batch import files, rows
 from armo.model_store.backbone import load_backbone
+from armo.model_store.delta import read_delta
 from armo.model_store.errors import ArmoError
 from armo.model_store.reward_model import Prepared, RewardModel
 from armo.model_store.store import ModelStore
@@ -47,9 +48,11 @@ class Summary:
 
 def load_model(settings: Settings) -> RewardModel:
     """The artifact the service would serve with these settings (store, model, alias, backbone, limits)."""
-    manifest, head = ModelStore(settings.store_root).load(settings.model, settings.alias)
+    store = ModelStore(settings.store_root)
+    manifest, head = store.load(settings.model, settings.alias)
     options = settings.backbone_options(manifest.pooling, manifest.backbone.max_length)
-    backbone = load_backbone(settings.backbone or manifest.backbone.id, **options)
+    delta = read_delta(store.version_dir(manifest.model, manifest.version), manifest.backbone_delta)
+    backbone = load_backbone(settings.backbone or manifest.backbone.id, **options, delta=delta)
     return RewardModel(backbone, head, manifest, settings.scoring_config(manifest.backbone.max_length))
 
 

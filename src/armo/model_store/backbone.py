@@ -22,11 +22,12 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, 
 
 from armo.model_store import atomic
 from armo.model_store.errors import ArtifactError
-from armo.model_store.manifest import BackboneRef, Pooling, sha256_file
+from armo.model_store.manifest import BackboneDelta, BackboneRef, Pooling, sha256_file
 from armo.model_store.packing import enable
 from armo.model_store.quant import calibrate, calibration_batches, quantize_linears
 
 if TYPE_CHECKING:
+    from armo.model_store.delta import LoadedDelta
     from armo.model_store.encoding import Encoded
     from armo.model_store.forward import Features
     from armo.model_store.vllm_engine import VllmOptions
@@ -82,6 +83,7 @@ class Backbone:
     # Attention routed through armo.model_store.packing: sequences run packed, unpadded, in one row per pass.
     packed: bool = False
     engine: FeatureEngine | None = None
+    delta: BackboneDelta | None = None  # the delta merged at load (armo.model_store.delta), if any
 
     @property
     def backend(self) -> str:
@@ -171,8 +173,16 @@ def local_revision(directory: Path) -> str:
 
 
 def _finish(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: str, quantize: Quantize = "none"
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    device: str,
+    quantize: Quantize = "none",
+    delta: LoadedDelta | None = None,
 ) -> PreTrainedModel:
+    if delta is not None:  # before int8: the calibration must see the tuned weights
+        from armo.model_store.delta import apply_to_model
+
+        log.info("backbone delta %s: %d tensors merged", delta.sha256[:12], apply_to_model(model, delta))
     model.to(device)  # type: ignore[arg-type]  # transformers' stub types `to` oddly
     model.eval()
     model.requires_grad_(False)
@@ -201,13 +211,15 @@ def load_backbone(
     quantize: Quantize = "none",
     packed: bool = True,
     vllm: VllmOptions | None = None,
+    delta: LoadedDelta | None = None,
 ) -> Backbone:
     """Load `spec`: "embedded" / EMBEDDED_ID, a local directory, or a hub id (needs network).
 
     `packed` (default) runs sequences packed and unpadded (armo.model_store.packing) when the model's attention
     allows it; False keeps padded batches and the key/value-cache prompt sharing (the pre-packing path).
     `vllm`: run the backbone on vLLM instead of transformers (armo.model_store.vllm_engine); the transformers model
-    is then not loaded at all.
+    is then not loaded at all. `delta`: an artifact's reward-tuned layers (armo.model_store.delta), merged into the
+    weights at load; refused unless it was tuned from this backbone's revision.
     """
     torch_dtype = _DTYPES[dtype]
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "attn_implementation": attn_implementation}
@@ -226,20 +238,24 @@ def load_backbone(
     else:  # a hub id: only for users who have network
         config = AutoConfig.from_pretrained(spec)
         revision = str(getattr(config, "_commit_hash", None) or "unknown")
+        _check_delta(delta, revision, spec)
         tokenizer = AutoTokenizer.from_pretrained(spec)
         if vllm is not None:
+            if delta is not None:
+                raise ArtifactError("a backbone delta on vLLM needs a local backbone directory", field="backbone_delta")
             return _on_vllm(spec, tokenizer, spec, revision, int(config.hidden_size), vllm)
-        model = _finish(AutoModel.from_pretrained(spec, **kwargs), tokenizer, device, quantize)
-        return _backbone(model, tokenizer, spec, revision, packed)
+        model = _finish(AutoModel.from_pretrained(spec, **kwargs), tokenizer, device, quantize, delta)
+        return _backbone(model, tokenizer, spec, revision, packed, delta)
+    _check_delta(delta, revision, ident)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     if vllm is not None:
         if quantize != "none":
             raise ArtifactError("ARMO_QUANTIZE applies to the transformers backend only", field="quantize")
         hidden = int(AutoConfig.from_pretrained(directory).hidden_size)
-        backbone = _on_vllm(str(directory), tokenizer, ident, revision, hidden, vllm, cache_dir)
+        backbone = _on_vllm(str(directory), tokenizer, ident, revision, hidden, vllm, cache_dir, delta)
     else:
-        model = _finish(AutoModel.from_pretrained(directory, **kwargs), tokenizer, device, quantize)
-        backbone = _backbone(model, tokenizer, ident, revision, packed)
+        model = _finish(AutoModel.from_pretrained(directory, **kwargs), tokenizer, device, quantize, delta)
+        backbone = _backbone(model, tokenizer, ident, revision, packed, delta)
     log.info("backbone %s loaded on %s in %.2f s", ident, backbone.backend, time.perf_counter() - started)
     return backbone
 
@@ -252,20 +268,36 @@ def _on_vllm(
     hidden: int,
     options: VllmOptions,
     cache_dir: Path | None = None,
+    delta: LoadedDelta | None = None,
 ) -> Backbone:
     from armo.model_store.vllm_engine import VllmEngine, vllm_directory  # vLLM is optional: imported here only
 
     if Path(source).is_dir():
-        source = str(vllm_directory(Path(source), revision, cache_dir or default_cache_dir()))
+        source = str(vllm_directory(Path(source), revision, cache_dir or default_cache_dir(), delta))
     engine = VllmEngine(source, options)
-    return Backbone(None, tokenizer, ident, revision, template_hash(tokenizer), hidden, engine=engine)
+    ref = delta.ref if delta else None
+    return Backbone(None, tokenizer, ident, revision, template_hash(tokenizer), hidden, engine=engine, delta=ref)
+
+
+def _check_delta(delta: LoadedDelta | None, revision: str, ident: str) -> None:
+    if delta is not None:
+        from armo.model_store.delta import check_base
+
+        check_base(delta, revision, ident)
 
 
 def _backbone(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ident: str, revision: str, packed: bool
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    ident: str,
+    revision: str,
+    packed: bool,
+    delta: LoadedDelta | None = None,
 ) -> Backbone:
     hidden = int(model.config.hidden_size)
-    return Backbone(model, tokenizer, ident, revision, template_hash(tokenizer), hidden, packed and enable(model))
+    packed = packed and enable(model)
+    ref = delta.ref if delta else None
+    return Backbone(model, tokenizer, ident, revision, template_hash(tokenizer), hidden, packed, delta=ref)
 
 
 def backbone_ref(backbone: Backbone, max_length: int = 2048) -> BackboneRef:

@@ -228,32 +228,34 @@ def run_packed(backbone: Backbone, groups: Sequence[PrefixGroup], budget: PassBu
     Exact up to float reordering: every segment attends to exactly the keys its own full sequence has.
     """
     units = [packing.Unit(g.prompt_ids, g.suffixes) for g in groups]
-    response = torch.empty((sum(max(1, len(g.suffixes)) for g in groups), backbone.hidden_size))
-    prompt = torch.empty_like(response)
-    response_mean = torch.empty_like(response)
+    out = Features.empty(sum(max(1, len(g.suffixes)) for g in groups), backbone.hidden_size)
     first = 0
     for idx in packing.passes(units, budget.tokens, budget.rows):
         hidden, placed = packing.forward(backbone.model, [units[i] for i in idx])
-        hidden = hidden.float()  # [N, d]
-        last: list[int] = []
-        boundary: list[int] = []
-        spans: list[tuple[range, ...]] = []
-        for i, u in zip(idx, placed, strict=True):
-            ends = u.last()
-            last += ends
-            boundary += [u.start + groups[i].prompt_index] * len(ends)
-            spans += u.spans(groups[i].prompt_index)
-        rows = slice(first, first + len(last))
-        response[rows] = hidden[last].cpu()
-        prompt[rows] = hidden[boundary].cpu()
-        pool = torch.zeros((len(spans), hidden.shape[0]))  # [outputs, N]: 1/n over each output's span
-        for row, ranges in enumerate(spans):
-            n = sum(len(r) for r in ranges)
-            for r in ranges:
-                pool[row, r.start : r.stop] = 1.0 / n
-        response_mean[rows] = (pool.to(hidden.device) @ hidden).cpu()
-        first += len(last)
-    return Features(response=response, prompt=prompt, response_mean=response_mean)
+        feats = packed_outputs(hidden, placed, [groups[i] for i in idx])
+        out.put(slice(first, first + feats.response.shape[0]), feats)
+        first += feats.response.shape[0]
+    return out
+
+
+def packed_outputs(hidden: Tensor, placed: Sequence[packing.Placed], groups: Sequence[PrefixGroup]) -> Features:
+    """The features of one packed pass's outputs from its last hidden state [N, d] (the groups in pass order);
+    rows: each group's responses in order. Shared by serving and by training's cached top layers (stage 0)."""
+    hidden = hidden.float()
+    last: list[int] = []
+    boundary: list[int] = []
+    spans: list[tuple[range, ...]] = []
+    for g, u in zip(groups, placed, strict=True):
+        ends = u.last()
+        last += ends
+        boundary += [u.start + g.prompt_index] * len(ends)
+        spans += u.spans(g.prompt_index)
+    pool = torch.zeros((len(spans), hidden.shape[0]), dtype=hidden.dtype)  # [outputs, N]: 1/n over each span
+    for row, ranges in enumerate(spans):
+        n = sum(len(r) for r in ranges)
+        for r in ranges:
+            pool[row, r.start : r.stop] = 1.0 / n
+    return Features(response=hidden[last], prompt=hidden[boundary], response_mean=pool.to(hidden.device) @ hidden)
 
 
 def group_features(backbone: Backbone, groups: Sequence[PrefixGroup], budget: PassBudget) -> Features:

@@ -122,6 +122,12 @@ class ModelStore:
         d = self.version_dir(model, version)
         if HEADS_FILE not in manifest.files:
             raise ArtifactError(f"{self._shown(d / MANIFEST_FILE)}: does not list {HEADS_FILE}", field=HEADS_FILE)
+        delta = manifest.backbone_delta
+        if delta is not None and manifest.files.get(delta.file) != delta.sha256:
+            raise ArtifactError(
+                f"{self._shown(d / MANIFEST_FILE)}: the backbone delta {delta.file} is not listed with its sha256",
+                field="backbone_delta",
+            )
         for name, digest in manifest.files.items():
             f = d / name
             if Path(name).name != name or name in (".", "..") or f.is_symlink():

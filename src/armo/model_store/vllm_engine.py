@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 
 from armo.model_store import atomic
 from armo.model_store.armorm_import import HEAD_PREFIXES
+from armo.model_store.delta import LORA_A, LORA_B, LoadedDelta, merged
 from armo.model_store.encoding import Encoded
 from armo.model_store.errors import VLLM_SETUP, ArtifactError
 from armo.model_store.forward import Features
@@ -57,6 +58,11 @@ class VllmOptions:
 def _load_json(path: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(path.read_text())
     return data
+
+
+def _param(delta_name: str) -> str:
+    """The parameter a delta tensor changes (a LoRA factor's name without its suffix)."""
+    return delta_name.removesuffix(LORA_A).removesuffix(LORA_B)
 
 
 def _weight_files(directory: Path) -> list[str]:
@@ -87,20 +93,23 @@ def _causal_lm_architecture(config: dict[str, Any]) -> list[str]:
     return [name]
 
 
-def vllm_directory(directory: Path, revision: str, cache_dir: Path) -> Path:
+def vllm_directory(directory: Path, revision: str, cache_dir: Path, delta: LoadedDelta | None = None) -> Path:
     """`directory` itself when vLLM can load it, else a view of it in the cache that it can.
 
     Two checkpoints need a view: the embedded backbone's conversion, whose config still names its GGUF source as a
     quantization (vLLM refuses it), and an ArmoRM checkpoint, whose architecture is a custom class and whose
     weights hold the head tensors next to the backbone's (vLLM's loader refuses unknown weights). The view has a
-    plain causal-LM config and the backbone's tensors only; other files are links.
+    plain causal-LM config and the backbone's tensors only; other files are links. An artifact's backbone delta
+    (armo.model_store.delta) is merged into the view's weights, one view per delta.
     """
     config = _load_json(directory / "config.json")
     architectures = _causal_lm_architecture(config)
     heads = _has_head_tensors(directory)
-    if "quantization_config" not in config and architectures == config.get("architectures") and not heads:
+    plain = "quantization_config" not in config and architectures == config.get("architectures") and not heads
+    if plain and delta is None:
         return directory
-    target = cache_dir / "vllm" / f"{directory.name}-{revision[:16]}"
+    suffix = f"-delta-{delta.sha256[:16]}" if delta else ""
+    target = cache_dir / "vllm" / f"{directory.name}-{revision[:16]}{suffix}"
     if (target / "config.json").is_file():
         return target
 
@@ -111,13 +120,27 @@ def vllm_directory(directory: Path, revision: str, cache_dir: Path) -> Path:
         for f in directory.iterdir():
             if f.name not in weights and f.name != "config.json":
                 (tmp / f.name).symlink_to(f.resolve())
+        changed: set[str] = set()
         for name in _weight_files(directory):
-            if not heads:
+            if not heads and delta is None:
                 (tmp / name).symlink_to((directory / name).resolve())
                 continue
             with safe_open(str(directory / name), framework="pt") as f:
                 kept = {k: f.get_tensor(k) for k in f.keys() if not k.startswith(HEAD_PREFIXES)}  # noqa: SIM118
+            if delta is not None:  # a causal-LM checkpoint prefixes the base model's names with "model."
+                base = {k.removeprefix("model."): k for k in kept}
+                wanted = {_param(n) for n in delta.tensors}
+                present = {p: kept[base[p]] for p in wanted if p in base}
+                if present:
+                    new = merged(
+                        LoadedDelta(delta.ref, {n: t for n, t in delta.tensors.items() if _param(n) in present}),
+                        present,
+                    )
+                    kept.update({base[p]: v for p, v in new.items()})
+                    changed |= set(new)
             save_file(kept, str(tmp / name), metadata={"format": "pt"})
+        if delta is not None and changed != {_param(n) for n in delta.tensors}:
+            raise ArtifactError("backbone delta: parameters missing from the checkpoint", field="backbone_delta")
         index = directory / "model.safetensors.index.json"
         if index.is_file():
             data = _load_json(index)

@@ -220,6 +220,12 @@ class BackboneInfo(BaseModel):
     hidden_size: int
     max_length: int
     backend: str = Field(description="What runs the backbone: transformers or vllm (ARMO_BACKEND).")
+    delta: str | None = Field(
+        default=None,
+        description="sha256 of the artifact's backbone delta (reward-tuned layers, stage 0) merged into the "
+        "backbone; null: the backbone as published.",
+    )
+    delta_layers: list[int] = Field(default_factory=list, description="The decoder layers the delta changes.")
 
 
 class LoadedModelInfo(BaseModel):

@@ -21,6 +21,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from armo.model_store.backbone import Backbone, load_backbone
+from armo.model_store.delta import read_delta
 from armo.model_store.errors import ArmoError, ArtifactError, StoreError
 from armo.model_store.manifest import Manifest
 from armo.model_store.reward_model import RewardModel, ScoreItem
@@ -87,16 +88,23 @@ class Reloader:
 
     # -- loading (worker thread) --------------------------------------------------------------------------
     def _backbone_for(self, manifest: Manifest) -> tuple[Backbone, bool]:
-        """(backbone, whether it was loaded now). Reuses the serving backbone when id + revision match."""
+        """(backbone, whether it was loaded now). Reuses the serving backbone when id + revision and the backbone
+        delta (the artifact's reward-tuned layers, or none) match."""
         ref = manifest.backbone
         cur = self.current.rm.backbone if self.current else None
         override = self.settings.backbone
+        want = manifest.backbone_delta.sha256 if manifest.backbone_delta else None
         same = cur is not None and (override is not None or (cur.id == ref.id and cur.revision == ref.revision))
+        same = same and cur is not None and (cur.delta.sha256 if cur.delta else None) == want
         # An engine (vLLM) is started for one pooling and sequence limit; another artifact may need a new one.
         if cur is not None and same and (cur.engine is None or cur.engine.serves(manifest.pooling, ref.max_length)):
             return cur, False
         spec = override or ref.id
-        backbone = self.backbone_loader(spec, **self.settings.backbone_options(manifest.pooling, ref.max_length))
+        options = self.settings.backbone_options(manifest.pooling, ref.max_length)
+        delta = read_delta(self.store.version_dir(manifest.model, manifest.version), manifest.backbone_delta)
+        if delta is not None:  # only then: a loader that predates deltas still loads every other artifact
+            options["delta"] = delta
+        backbone = self.backbone_loader(spec, **options)
         if override is None and backbone.revision != ref.revision:
             raise ArtifactError(
                 f"artifact {manifest.model}/{manifest.version} was trained on backbone {ref.id} revision "

@@ -372,6 +372,8 @@ def _describe(loaded: LoadedModel) -> p.LoadedModelInfo:
             hidden_size=rm.backbone.hidden_size,
             max_length=rm.config.max_length,
             backend=rm.backbone.backend,
+            delta=rm.backbone.delta.sha256 if rm.backbone.delta else None,
+            delta_layers=list(rm.backbone.delta.layers) if rm.backbone.delta else [],
         ),
         pooling=m.pooling,
         objectives=[

@@ -112,6 +112,47 @@ def train_run(
         typer.echo(f"published: {result.manifest.model}/{result.manifest.version} in {cfg.store} (alias {cfg.alias})")
 
 
+@train_app.command("backbone")
+def train_backbone(
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    run_name: Annotated[str, typer.Option("--name", help="run name (directory under stage0.out_dir)")] = "default",
+    variants: TryOpt = [],  # noqa: B006 (typer reads the default)
+    out: OutOpt = None,
+) -> None:
+    """Stage 0: reward-tune the backbone's top layers (Bradley-Terry on the training pairs; resumable). With --try,
+    every variant is its own run (<name>-0 is the config, <name>-1 … the variants), compared on validation pairs;
+    the best is printed. The delta is <out_dir>/<run>/backbone_delta.safetensors: train on it with
+    `armo train run --set stage0.delta=<that path>`."""
+    from armo.training.backbone_tuning import tune
+
+    _config(config, sets)  # logging, and a bad config fails before the cache is built
+    tried = _variants(config, sets, variants)
+    results: dict[str, dict[str, float]] = {}
+    best: tuple[float, str, Path] | None = None
+    for i, (label, cfg) in enumerate(tried.items()):
+        name = run_name if len(tried) == 1 else f"{run_name}-{i}"
+        result = tune(cfg, name)
+        val = next(h for h in result.report["history"] if h["epoch"] == result.report["best_epoch"])["val"]
+        results[label or "(config)"] = {
+            "balanced": val["balanced"],
+            "balanced_se": val["balanced_se"],
+            "all": val["all"],
+            **val["groups"],
+        }
+        typer.echo(
+            f"{name}: best epoch {result.report['best_epoch']}, validation balanced {100 * val['balanced']:.1f} "
+            f"± {100 * val['balanced_se']:.1f}, {result.report['wall_seconds']['total']:.0f} s"
+        )
+        if best is None or val["balanced"] > best[0]:
+            best = (val["balanced"], label or "(config)", result.delta)
+    if len(tried) > 1 and best is not None:
+        _print_accuracies(results, "variant", out, "stage 0: validation pair accuracy % of the best epoch")
+        typer.echo(f"best: {best[1]} → {best[2]}")
+    elif best is not None:
+        typer.echo(f"delta: {best[2]}")
+
+
 @train_app.command("sweep")
 def train_sweep(
     config: ConfigOpt = None,
@@ -278,20 +319,23 @@ def eval_command(
 ) -> None:
     """Evaluate a published artifact on RewardBench v1 (features cached; same cap as the training config)."""
     from armo.model_store.backbone import Quantize, load_backbone
+    from armo.model_store.delta import read_delta
     from armo.model_store.quant import SCHEME
     from armo.model_store.store import ModelStore
     from armo.training.evaluate import evaluate_artifact
-    from armo.training.featurize import featurize, get_backbone
+    from armo.training.featurize import artifact_backbone, featurize
     from armo.training.prepare import build_eval_set
     from armo.training.report import print_scores
 
     cfg = _config(config, sets)
-    manifest, head = ModelStore(store).load(model, version)
+    models = ModelStore(store)
+    manifest, head = models.load(model, version)
     if quantize == "none":
-        backbone = get_backbone(cfg.backbone)
+        backbone = artifact_backbone(cfg.backbone, models, manifest)
     elif quantize in get_args(Quantize):  # the cache key does not see quantisation: own directory per mode/scheme
         cfg = _config(config, [*(sets or []), f"cache_dir={Path(cfg.cache_dir) / quantize / SCHEME}"])
-        backbone = load_backbone(cfg.backbone, quantize=cast(Quantize, quantize))
+        delta = read_delta(models.version_dir(model, manifest.version), manifest.backbone_delta)
+        backbone = load_backbone(cfg.backbone, quantize=cast(Quantize, quantize), delta=delta)
     else:
         raise typer.BadParameter(f"must be one of {get_args(Quantize)}", param_hint="--quantize")
     ds = build_eval_set(cfg.eval, fast)

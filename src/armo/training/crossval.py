@@ -24,7 +24,7 @@ from armo.training.artifact import assemble
 from armo.training.config import DataConfig, TrainConfig
 from armo.training.data import PairRow, id_fraction
 from armo.training.evaluate import score_items
-from armo.training.featurize import TrainingFeatures, get_backbone, load_features
+from armo.training.featurize import TrainingFeatures, load_features, run_backbone
 from armo.training.metrics import balanced_mean, pair_accuracy, wins
 from armo.training.objective_set import fit_objectives
 from armo.training.prepare import Dataset, id_stem, pair_group, split_key
@@ -71,7 +71,7 @@ def fold_split(
 
 def out_of_fold_margins(cfg: TrainConfig, f: TrainingFeatures, k: int) -> np.ndarray:
     """Chosen-minus-rejected score [P] of every training pair from the recipe `cfg` fit without the pair's fold."""
-    backbone = get_backbone(cfg.backbone)
+    backbone = run_backbone(cfg)
     pair_fold, rating_fold = folds_of(cfg.data, f.train, k)
     margin = np.zeros(len(f.train.pairs))
     for j in range(k):
@@ -97,12 +97,16 @@ def cross_validate(
     `pair_category`), as `by_label`. Nothing is written or published."""
     if k < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {k}")
-    f = load_features(base, get_backbone(base.backbone), with_eval=False)
+    f = load_features(base, run_backbone(base), with_eval=False)
     groups = [pair_group(p) for p in f.train.pairs]
     out: dict[str, dict[str, float]] = {}
     won: dict[str, np.ndarray] = {}
     for name, cfg in variants.items():
-        if cfg.data != base.data or cfg.extract != base.extract or cfg.backbone != base.backbone:
+        if (
+            cfg.data != base.data
+            or cfg.extract != base.extract
+            or (cfg.backbone, cfg.stage0) != (base.backbone, base.stage0)
+        ):
             raise ValueError(f"variant {name!r} changes the data, extraction or backbone")
         margin = out_of_fold_margins(cfg, f, k)
         acc = pair_accuracy(margin, groups)

@@ -98,9 +98,12 @@ def forward_groups(backbone: Backbone, groups: Sequence[EncodedGroup]) -> Featur
     return group_features(backbone, groups, PassBudget(UNLIMITED, UNLIMITED))
 
 
-def _group_items(items: Sequence[Item]) -> list[tuple[list[int], Sequence[Message], list[str]]]:
+GroupRows = tuple[list[int], Sequence[Message], list[str]]  # item indices, the conversation, their responses
+
+
+def _group_items(items: Sequence[Item]) -> list[GroupRows]:
     """Items with identical conversations become one group (first-appearance order)."""
-    groups: dict[str, tuple[list[int], Sequence[Message], list[str]]] = {}
+    groups: dict[str, GroupRows] = {}
     for i, it in enumerate(items):
         key = json.dumps(list(it.messages), sort_keys=True)
         if key not in groups:
@@ -108,6 +111,20 @@ def _group_items(items: Sequence[Item]) -> list[tuple[list[int], Sequence[Messag
         groups[key][0].append(i)
         groups[key][2].append(it.response)
     return list(groups.values())
+
+
+def shard_layout(items: Sequence[Item], cfg: ExtractConfig) -> tuple[list[GroupRows], list[list[int]]]:
+    """(groups of items with one conversation, the group indices of every shard of about `shard_size` items)."""
+    groups = _group_items(items)
+    shards: list[list[int]] = [[]]
+    count = 0
+    for gi, (idx, _, _) in enumerate(groups):
+        if count >= cfg.shard_size:
+            shards.append([])
+            count = 0
+        shards[-1].append(gi)
+        count += len(idx)
+    return groups, shards
 
 
 def job_key(backbone: Backbone, items: Sequence[Item], cfg: ExtractConfig, data_hashes: dict[str, str]) -> str:
@@ -122,6 +139,8 @@ def job_key(backbone: Backbone, items: Sequence[Item], cfg: ExtractConfig, data_
         "columns": COLUMNS,  # shards written before the mean feature existed lack it
         "data": data_hashes,
     }
+    if backbone.delta is not None:  # a reward-tuned backbone (stage 0) has other features than its base
+        meta["delta"] = backbone.delta.sha256
     h.update(json.dumps(meta, sort_keys=True).encode())
     for it in items:
         h.update(json.dumps([list(it.messages), it.response]).encode())
@@ -133,23 +152,40 @@ Group = tuple[Sequence[Message], list[str]]  # a conversation and every response
 ShardPool = Callable[[dict[int, list[Group]], ExtractConfig], Iterator[tuple[int, dict[str, Tensor], int]]]
 
 
+# One pass of a shard: (its index in the shard, its encoded groups) -> their features, rows in group order.
+PassForward = Callable[[int, list[EncodedGroup]], Features]
+
+
+def encode_shard(backbone: Backbone, groups: Sequence[Group], cfg: ExtractConfig) -> list[EncodedGroup]:
+    policy = truncation(cfg)
+    return [encode_group(backbone.tokenizer, messages, responses, policy) for messages, responses in groups]
+
+
+def shard_passes(backbone: Backbone, encoded: list[EncodedGroup], cfg: ExtractConfig) -> list[list[int]]:
+    """A shard's forward passes (group indices): the same cut wherever the shard is computed, so a cache of one
+    layer's hidden states (`armo.training.layer_cache`) lines up with the passes that read it."""
+    return _batches(encoded, cfg.max_pass_tokens, backbone.packed)
+
+
 def compute_shard(
     backbone: Backbone,
     groups: Sequence[Group],
     cfg: ExtractConfig,
     on_pass: Callable[[int, int], None] | None = None,
+    forward: PassForward | None = None,
 ) -> tuple[dict[str, Tensor], int]:
-    """The cache columns of one shard (responses in group order) and the tokens it fed the backbone."""
-    policy = truncation(cfg)
-    encoded = [encode_group(backbone.tokenizer, messages, responses, policy) for messages, responses in groups]
+    """The cache columns of one shard (responses in group order) and the tokens it fed the backbone. `forward`
+    replaces the backbone's forward pass (stage 0's cached top layers); default: `forward_groups`."""
+    encoded = encode_shard(backbone, groups, cfg)
     n = sum(len(e.suffixes) for e in encoded)
     columns = {c: torch.empty((n, backbone.hidden_size)) for c in ("response", "response_mean", "prompt")}
     starts = [0]
     for e in encoded:
         starts.append(starts[-1] + len(e.suffixes))
     tokens = 0
-    for batch in _batches(encoded, cfg.max_pass_tokens, backbone.packed):
-        feats = forward_groups(backbone, [encoded[b] for b in batch])
+    for j, batch in enumerate(shard_passes(backbone, encoded, cfg)):
+        chosen = [encoded[b] for b in batch]
+        feats = forward_groups(backbone, chosen) if forward is None else forward(j, chosen)
         rows = [j for b in batch for j in range(starts[b], starts[b + 1])]
         for c, values in columns.items():
             values[rows] = getattr(feats, c)
@@ -165,7 +201,7 @@ def compute_shard(
     return tensors, tokens
 
 
-def _save_atomic(path: Path, tensors: dict[str, Tensor]) -> None:
+def save_atomic(path: Path, tensors: dict[str, Tensor]) -> None:
     atomic.write_file(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp)))
 
 
@@ -212,15 +248,7 @@ def run_extraction(
     meta = {"name": name, "key": key, "n_items": len(items), "config": asdict(cfg), "data": data_hashes or {}}
     job_file.write_text(json.dumps({**meta, "runs": history}, indent=2))
 
-    groups = _group_items(items)
-    shards: list[list[int]] = [[]]  # group indices per shard
-    count = 0
-    for gi, (idx, _, _) in enumerate(groups):
-        if count >= cfg.shard_size:
-            shards.append([])
-            count = 0
-        shards[-1].append(gi)
-        count += len(idx)
+    groups, shards = shard_layout(items, cfg)
 
     parts: list[FeatureTable] = []
     order: list[int] = []
@@ -237,7 +265,7 @@ def run_extraction(
         chosen = todo if max_new_shards is None else todo[:max_new_shards]
         inputs = {s: [(groups[g][1], groups[g][2]) for g in shards[s]] for s in chosen}
         for s, tensors, used in pool(inputs, cfg):
-            _save_atomic(directory / f"shard-{s:05d}.safetensors", tensors)
+            save_atomic(directory / f"shard-{s:05d}.safetensors", tensors)
             tokens, new = tokens + used, new + 1
             bar.update(int(tensors["response"].shape[0]))
     for s, shard in enumerate(shards):
@@ -247,7 +275,7 @@ def run_extraction(
                 bar.close()
                 raise RuntimeError(f"extraction of {name} stopped after {new} new shard(s) (max_new_shards)")
             tensors, used = compute_shard(backbone, [(groups[g][1], groups[g][2]) for g in shard], cfg, on_pass)
-            _save_atomic(path, tensors)
+            save_atomic(path, tensors)
             tokens += used
             new += 1
         t = load_file(str(path))

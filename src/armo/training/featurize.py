@@ -3,28 +3,44 @@ place for the fitting stages."""
 
 from __future__ import annotations
 
-import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from armo.model_store.backbone import Backbone, load_backbone
+from armo.model_store.delta import read_delta, read_run_delta
+from armo.model_store.manifest import Manifest
+from armo.model_store.store import ModelStore
 from armo.training.config import TrainConfig
 from armo.training.extract import FeatureTable, ShardPool, run_extraction
-from armo.training.prepare import Dataset, build_eval_set, build_training_set
+from armo.training.layer_cache import layer_caches
+from armo.training.prepare import Dataset, build_eval_set, build_training_set, part_bounds
 
-_BACKBONES: dict[str, Backbone] = {}
-
-
-def get_backbone(spec: str) -> Backbone:
-    if spec not in _BACKBONES:
-        _BACKBONES[spec] = load_backbone(spec)
-    return _BACKBONES[spec]
+_BACKBONES: dict[tuple[str, str], Backbone] = {}
 
 
-def part_bounds(ds: Dataset) -> list[tuple[int, int]]:
-    bounds = ds.parts if len(ds.parts) > 1 else [0, len(ds.items)]
-    return list(itertools.pairwise(bounds))
+def get_backbone(spec: str, delta: str = "") -> Backbone:
+    """`spec` loaded once per process; with `delta` (a stage-0 delta file) merged into it."""
+    if (spec, delta) not in _BACKBONES:
+        _BACKBONES[spec, delta] = load_backbone(spec, delta=read_run_delta(Path(delta)) if delta else None)
+    return _BACKBONES[spec, delta]
+
+
+def artifact_backbone(spec: str, store: ModelStore, manifest: Manifest) -> Backbone:
+    """The backbone a published artifact scores with: `spec`, with the artifact's delta merged when it has one."""
+    if manifest.backbone_delta is None:
+        return get_backbone(spec)
+    key = (spec, f"artifact:{manifest.backbone_delta.sha256}")
+    if key not in _BACKBONES:
+        delta = read_delta(store.version_dir(manifest.model, manifest.version), manifest.backbone_delta)
+        _BACKBONES[key] = load_backbone(spec, delta=delta)
+    return _BACKBONES[key]
+
+
+def run_backbone(cfg: TrainConfig) -> Backbone:
+    """The backbone a run's stages read: the configured one, reward-tuned by `stage0.delta` when set."""
+    return get_backbone(cfg.backbone, cfg.stage0.delta)
 
 
 def featurize(
@@ -34,11 +50,13 @@ def featurize(
     backbone: Backbone | None = None,
     only_part: int | None = None,
     pool: ShardPool | None = None,
+    pools: Sequence[ShardPool | None] = (),
 ) -> tuple[FeatureTable, float]:
     """Features of every item of `ds` (in item order) and the wall time spent (0 when fully cached).
 
-    Part 0 is job `name`, part i > 0 job `name-extra{i}`; `only_part` extracts just that one (parallel jobs)."""
-    bb = backbone or get_backbone(cfg.backbone)
+    Part 0 is job `name`, part i > 0 job `name-extra{i}`; `only_part` extracts just that one (parallel jobs).
+    `pool` computes missing shards elsewhere (Ray); `pools[i]`, when given, does for part i (a layer cache)."""
+    bb = backbone or run_backbone(cfg)
     started = time.perf_counter()
     tables = []
     for i, (a, b) in enumerate(part_bounds(ds)):
@@ -53,7 +71,7 @@ def featurize(
                 cache_root=Path(cfg.cache_dir),
                 cfg=cfg.extract,
                 data_hashes=ds.data_hashes if i == 0 else {},
-                pool=pool,
+                pool=pools[i] if i < len(pools) and pools[i] is not None else pool,
             )
         )
     return FeatureTable.concat(tables), time.perf_counter() - started
@@ -73,12 +91,16 @@ class TrainingFeatures:
 
 
 def load_features(cfg: TrainConfig, backbone: Backbone | None, with_eval: bool) -> TrainingFeatures:
+    """The training set's features (from the stage-0 layer cache through the backbone's top layers when that cache
+    is complete: minutes instead of a full extraction) and, with `with_eval`, the evaluation set's."""
     train = build_training_set(cfg.data)
-    table, seconds = featurize(cfg, train, "train", backbone)
+    bb = backbone or run_backbone(cfg)
+    pools = [c.pool_for(bb) if c.serves(bb) else None for c in layer_caches(cfg, train, bb)] if bb.packed else []
+    table, seconds = featurize(cfg, train, "train", bb, pools=pools)
     feats = TrainingFeatures(train, table, seconds)
     if with_eval:
         feats.eval = build_eval_set(cfg.eval, cfg.fast_eval)
         feats.eval_table, feats.eval_seconds = featurize(
-            cfg, feats.eval, "rewardbench-fast" if cfg.fast_eval else "rewardbench-full", backbone
+            cfg, feats.eval, "rewardbench-fast" if cfg.fast_eval else "rewardbench-full", bb
         )
     return feats

@@ -14,9 +14,9 @@ from armo.model_store.reward_model import RewardModel
 from armo.model_store.store import ModelStore
 from armo.training.config import TrainConfig
 from armo.training.evaluate import score_items
-from armo.training.featurize import get_backbone, load_features
+from armo.training.featurize import artifact_backbone, load_features
 from armo.training.gating import pair_tensors
-from armo.training.prepare import Dataset, pair_group
+from armo.training.prepare import Dataset, build_training_set, pair_group
 
 # Keys of `pair_accuracy` / `crossval.cross_validate` results that are not pair groups.
 SUMMARY_KEYS = ("all", "balanced", "balanced_se", "vs_base", "vs_base_se")
@@ -68,12 +68,11 @@ def validation_accuracy(cfg: TrainConfig, versions: list[str], store: Path) -> d
     read). Splits are by hash (of the id or of the prompt), so no artifact trained with the same split settings
     has seen these pairs: artifacts trained on different samples can be compared on the larger sample's validation
     split; an artifact trained with other split settings is refused."""
-    f = load_features(cfg, None, with_eval=False)
-    val_idx = [i for i, v in enumerate(f.train.pair_val) if v]
-    chosen = [f.train.pair_items[i][0] for i in val_idx]
-    rejected = [f.train.pair_items[i][1] for i in val_idx]
-    groups = [pair_group(f.train.pairs[i]) for i in val_idx]
-    backbone = get_backbone(cfg.backbone)
+    train = build_training_set(cfg.data)
+    val_idx = [i for i, v in enumerate(train.pair_val) if v]
+    chosen = [train.pair_items[i][0] for i in val_idx]
+    rejected = [train.pair_items[i][1] for i in val_idx]
+    groups = [pair_group(train.pairs[i]) for i in val_idx]
     models = ModelStore(store)
     out = {}
     for version in versions:
@@ -86,6 +85,9 @@ def validation_accuracy(cfg: TrainConfig, versions: list[str], store: Path) -> d
                 f"validation pairs (split_by={cfg.data.split_by!r}, val_fraction={cfg.data.val_fraction}) may be "
                 "its training pairs"
             )
+        # Each artifact reads its own backbone's features (a reward-tuned one has its own).
+        backbone = artifact_backbone(cfg.backbone, models, manifest)
+        f = load_features(cfg, backbone, with_eval=False)
         scores, _, _ = score_items(RewardModel(backbone, head, manifest), f.train, f.table)
         out[version] = pair_accuracy(scores[chosen] - scores[rejected], groups)
     return out

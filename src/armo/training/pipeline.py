@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from armo.model_store.delta import DELTA_FILE
 from armo.model_store.store import ModelStore
 from armo.training.artifact import RunResult, assemble
 from armo.training.config import TrainConfig
 from armo.training.evaluate import evaluate_artifact
-from armo.training.featurize import get_backbone, load_features
+from armo.training.featurize import load_features, run_backbone
 from armo.training.objective_set import fit_objectives
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 def run(cfg: TrainConfig, run_name: str = "default") -> RunResult:
     """Train, evaluate and write `<out_dir>/<run_name>/result.json`; publish to `cfg.store` only if `cfg.publish`."""
     started = time.perf_counter()
-    backbone = get_backbone(cfg.backbone)
+    backbone = run_backbone(cfg)
     f = load_features(cfg, backbone, with_eval=cfg.evaluate)
     t_fit = time.perf_counter()
     objs = fit_objectives(cfg, f)
@@ -46,7 +47,9 @@ def run(cfg: TrainConfig, run_name: str = "default") -> RunResult:
         json.dumps({"run": run_name, "config": cfg.to_dict(), "metrics": metrics}, indent=2)
     )
     if cfg.publish:
-        ModelStore(cfg.store).publish(manifest, result.head, alias=cfg.alias)
+        # A reward-tuned backbone travels with the heads: its delta is a file of the version, checked like them.
+        extra = {DELTA_FILE: Path(cfg.stage0.delta).read_bytes()} if manifest.backbone_delta else None
+        ModelStore(cfg.store).publish(manifest, result.head, extra_files=extra, alias=cfg.alias)
         log.info("published %s/%s to %s (alias %s)", manifest.model, manifest.version, cfg.store, cfg.alias)
     return result
 
@@ -55,11 +58,15 @@ def sweep(base: TrainConfig, variants: dict[str, TrainConfig]) -> dict[str, dict
     """Validation-only model selection: every variant is fitted on the same cached features and scored by its
     validation pair accuracy; nothing is evaluated on RewardBench and nothing is published. Variants may change
     objectives, probes, debiasing and gating, not the data or the extraction (those would need other features)."""
-    backbone = get_backbone(base.backbone)
+    backbone = run_backbone(base)
     f = load_features(base, backbone, with_eval=False)
     out = {}
     for name, cfg in variants.items():
-        if cfg.data != base.data or cfg.extract != base.extract or cfg.backbone != base.backbone:
+        if (
+            cfg.data != base.data
+            or cfg.extract != base.extract
+            or (cfg.backbone, cfg.stage0) != (base.backbone, base.stage0)
+        ):
             raise ValueError(f"sweep variant {name!r} changes the data, extraction or backbone")
         out[name] = assemble(cfg, f, fit_objectives(cfg, f), backbone).report["val_pair_accuracy"]
     return out

@@ -7,6 +7,7 @@ follows its pair's split.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,12 @@ class Dataset:
         self.ratings.append(r)
         self.rating_item.append(self.item(r.messages, r.response))
         self.rating_val.append(val)
+
+
+def part_bounds(ds: Dataset) -> list[tuple[int, int]]:
+    """Item ranges of the training set's extraction jobs."""
+    bounds = ds.parts if len(ds.parts) > 1 else [0, len(ds.items)]
+    return list(itertools.pairwise(bounds))
 
 
 def valid(messages: Sequence[dict[str, str]], *responses: str) -> bool:

@@ -1,0 +1,380 @@
+"""Stage 0, `armo train backbone`: reward-tune the backbone's top layers with a Bradley-Terry loss on the training
+pairs, then hand the tuned backbone (as a delta) to the ArmoRM stages.
+
+ArmoRM starts from a Bradley-Terry reward model of its backbone and freezes it for the regression and gating stages;
+the heads read features that preference training already shaped. On two CPU cores we tune what is affordable:
+- the inputs of layer L−K are cached once for every token of the training set (`armo.training.layer_cache`);
+- each epoch runs only the top K layers on the cache, with LoRA adapters (peft) on their Linear layers and a scalar
+  reward head on the pooled response feature the artifact reads, BT loss −log σ(r_chosen − r_rejected);
+- validation pairs (the config's split, by prompt) never train; after each epoch their pair accuracy is measured
+  and the best epoch is exported as the delta (`armo.model_store.delta`);
+- every epoch is a checkpoint (adapters, head, optimiser, scheduler, RNG): a killed run resumes at the next epoch.
+The scalar head is thrown away, as ArmoRM throws away its BT head: the heads of stages 1-3 are fit on the tuned
+features. On a GPU the same command tunes more layers (`stage0.layers`, up to all of them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from armo.model_store import atomic
+from armo.model_store.backbone import Backbone
+from armo.model_store.delta import DELTA_FILE, LORA_A, LORA_B, RUN_DELTA_ENTRY
+from armo.model_store.manifest import BackboneDelta, Pooling, sha256_file
+from armo.training.config import BackboneTuneConfig, TrainConfig
+from armo.training.layer_cache import LayerCache, decoder_layers, layer_caches, run_top, top_view
+from armo.training.prepare import Dataset, part_bounds
+
+log = logging.getLogger(__name__)
+
+PEFT_MISSING = "stage 0 needs peft: pip install -e '.[train]' (or .[dev])"
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class PassRef:
+    """One cached pass: which cache, shard and pass, and the pairs whose two responses it holds."""
+
+    cache: int
+    shard: int
+    index: int
+    pairs: tuple[int, ...]  # indices into the dataset's pairs
+
+
+def pass_index(caches: list[LayerCache], ds: Dataset, pairs: set[int]) -> list[PassRef]:
+    """Every cached pass that holds at least one of `pairs` (both sides of a pair share a prompt, hence a group,
+    hence a pass)."""
+    offsets = [a for a, _ in part_bounds(ds)]
+    by_item: dict[int, list[int]] = {}
+    for p in pairs:
+        by_item.setdefault(ds.pair_items[p][0], []).append(p)
+    out = []
+    for c, cache in enumerate(caches):
+        for s in range(len(cache.shards)):
+            for j in range(cache.pass_count(s)):
+                held = {offsets[c] + i for group in cache.pass_groups(s, j)[1] for i in group}
+                found = tuple(p for i in held for p in by_item.get(i, ()) if ds.pair_items[p][1] in held)
+                if found:
+                    out.append(PassRef(c, s, j, tuple(sorted(found))))
+    return out
+
+
+class RewardTuner(nn.Module):
+    """The top layers (the cached start layer through the last; LoRA on the tuned ones), the final norm and a
+    scalar BT head on the pooled response feature."""
+
+    def __init__(self, backbone: Backbone, start: int, cfg: BackboneTuneConfig, pooling: Pooling) -> None:
+        super().__init__()
+        import copy
+
+        model = backbone.model
+        layers = decoder_layers(model)
+        self.first_tuned = len(layers) - cfg.layers
+        if not start <= self.first_tuned < len(layers):
+            raise ValueError(f"stage0.layers={cfg.layers} must be between 1 and stage0.cache_layers")
+        self.start, self.method, self.pooling = start, cfg.method, pooling
+        frozen = [copy.deepcopy(layer) for layer in layers[start : self.first_tuned]]
+        self.tuned = nn.ModuleList(copy.deepcopy(layer) for layer in layers[self.first_tuned :])
+        self.scale = cfg.alpha / cfg.rank
+        if cfg.method == "lora":
+            try:
+                from peft import LoraConfig, inject_adapter_in_model
+            except ImportError as e:
+                raise ImportError(PEFT_MISSING) from e
+            inject_adapter_in_model(
+                LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=list(TARGETS)),
+                self.tuned,
+            )
+        else:
+            self.tuned.requires_grad_(True)
+        self.top = top_view(model, nn.ModuleList([*frozen, *self.tuned]))
+        self.head = nn.Linear(backbone.hidden_size, 1)
+        nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(backbone.hidden_size))
+        nn.init.zeros_(self.head.bias)
+
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def rewards(self, hidden_in: Tensor, groups: list[Any]) -> Tensor:
+        """[outputs] rewards of a (sub-)pass's responses, rows in group order."""
+        return self.head(run_top(self.top, hidden_in, groups).pooled(self.pooling)).squeeze(-1)
+
+    def delta_tensors(self) -> dict[str, Tensor]:
+        """The delta in the base model's parameter names (armo.model_store.delta)."""
+        out: dict[str, Tensor] = {}
+        for j, layer in enumerate(self.tuned):
+            prefix = f"layers.{self.first_tuned + j}."
+            for name, module in layer.named_modules():
+                if self.method == "lora" and hasattr(module, "lora_A") and "default" in module.lora_A:
+                    out[f"{prefix}{name}.weight{LORA_A}"] = module.lora_A["default"].weight.detach().clone()
+                    out[f"{prefix}{name}.weight{LORA_B}"] = module.lora_B["default"].weight.detach().clone()
+            if self.method == "full":
+                out.update({f"{prefix}{n}": p.detach().clone() for n, p in layer.named_parameters()})
+        return out
+
+
+def _sub_pass(hidden_in: Tensor, groups: list[Any], keep: list[int]) -> tuple[Tensor, list[Any]]:
+    """The pass restricted to groups `keep`: units sit end to end in the row, so their rows are sliced out."""
+    starts = [0]
+    for g in groups:
+        starts.append(starts[-1] + g.tokens)
+    rows = torch.cat([torch.arange(starts[k], starts[k + 1]) for k in keep])
+    return hidden_in[rows], [groups[k] for k in keep]
+
+
+@dataclass
+class Batch:
+    """A (sub-)pass ready for the tuner: its input rows, groups, and the output rows of each pair's two sides."""
+
+    hidden: Tensor
+    groups: list[Any]
+    chosen: Tensor  # [P] output rows
+    rejected: Tensor  # [P]
+    pairs: list[int]
+
+
+def make_batch(cache: LayerCache, ref: PassRef, ds: Dataset, offset: int, pairs: set[int]) -> Batch | None:
+    """The groups of a cached pass that hold `pairs`, and where each pair's sides come out."""
+    groups, items = cache.pass_groups(ref.shard, ref.index)
+    wanted = [p for p in ref.pairs if p in pairs]
+    if not wanted:
+        return None
+    group_of = {offset + i: k for k, group in enumerate(items) for i in group}
+    keep = sorted({group_of[ds.pair_items[p][0]] for p in wanted})
+    row: dict[int, int] = {}
+    for k in keep:  # output rows: the kept groups' responses, in order
+        for i in items[k]:
+            row[offset + i] = len(row)
+    hidden, sub = _sub_pass(cache.pass_input(ref.shard, ref.index), groups, keep)
+    chosen = torch.tensor([row[ds.pair_items[p][0]] for p in wanted])
+    rejected = torch.tensor([row[ds.pair_items[p][1]] for p in wanted])
+    return Batch(hidden, sub, chosen, rejected, wanted)
+
+
+@dataclass
+class Stage0Result:
+    directory: Path
+    delta: Path
+    report: dict[str, Any]
+
+
+def _validate(
+    tuner: RewardTuner, caches: list[LayerCache], refs: list[PassRef], ds: Dataset, offsets: list[int]
+) -> dict[str, Any]:
+    from armo.training.metrics import balanced_mean
+    from armo.training.prepare import pair_group
+
+    pairs = {p for r in refs for p in r.pairs}
+    wins: dict[int, float] = {}
+    with torch.inference_mode():
+        for ref in refs:
+            b = make_batch(caches[ref.cache], ref, ds, offsets[ref.cache], pairs)
+            if b is None:
+                continue
+            r = tuner.rewards(b.hidden, b.groups)
+            margin = r[b.chosen] - r[b.rejected]
+            for p, m in zip(b.pairs, margin.tolist(), strict=True):
+                wins[p] = 1.0 if m > 0 else 0.5 if m == 0 else 0.0
+    order = sorted(wins)
+    by_group, balanced, se = balanced_mean(
+        torch.tensor([wins[p] for p in order]).numpy(), [pair_group(ds.pairs[p]) for p in order]
+    )
+    return {
+        "pairs": len(order),
+        "balanced": balanced,
+        "balanced_se": se,
+        "all": sum(wins.values()) / len(order),
+        "groups": by_group,
+    }
+
+
+def _fingerprint(cfg: TrainConfig, ds: Dataset, start: int) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the stage-0 settings (but not the epoch count, so a finished
+    run can be continued), the cache's layer and the data."""
+    s0 = {k: v for k, v in asdict(cfg.stage0).items() if k not in {"epochs", "out_dir", "delta"}}
+    return {
+        "stage0": s0,
+        "start": start,
+        "pooling": cfg.pooling,
+        "data": ds.data_hashes,
+        "pairs": len(ds.pairs),
+        "split_by": cfg.data.split_by,
+        "max_length": cfg.extract.max_length,
+    }
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    atomic.write_file(path, lambda tmp: torch.save(state, tmp))
+
+
+def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: int | None = None) -> Stage0Result:
+    """Stage 0 end to end: cache (resumable) → BT epochs (checkpointed, resumable) → the best epoch's delta.
+
+    `max_passes` stops after that many training passes (tests use it to simulate a kill); the checkpoint holds
+    the position, and the next call continues from it."""
+    from transformers import get_linear_schedule_with_warmup
+
+    from armo.training.featurize import get_backbone
+    from armo.training.prepare import build_training_set
+
+    s0 = cfg.stage0
+    started = time.perf_counter()
+    if cfg.extract.threads:
+        torch.set_num_threads(cfg.extract.threads)
+    backbone = get_backbone(cfg.backbone)
+    ds = build_training_set(cfg.data)
+    caches = layer_caches(cfg, ds, backbone)
+    for cache in caches:
+        cache.build(progress)
+    cache_seconds = time.perf_counter() - started
+    offsets = [a for a, _ in part_bounds(ds)]
+    train = [p for p, v in enumerate(ds.pair_val) if not v]
+    if s0.max_pairs and len(train) > s0.max_pairs:
+        train = sorted(random.Random(s0.seed).sample(train, s0.max_pairs))
+    train_set = set(train)
+    train_refs = pass_index(caches, ds, train_set)
+    val_refs = pass_index(caches, ds, {p for p, v in enumerate(ds.pair_val) if v})
+
+    torch.manual_seed(s0.seed)
+    tuner = RewardTuner(backbone, caches[0].start, s0, cfg.pooling)
+    optimizer = torch.optim.AdamW(tuner.trainable(), lr=s0.lr, weight_decay=s0.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / s0.pairs_per_step)
+    total = steps_per_epoch * s0.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, max(1, total // 20), total)
+    out = Path(s0.out_dir) / run_name
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    fingerprint = _fingerprint(cfg, ds, caches[0].start)
+    state: dict[str, Any] = {"epoch": 0, "position": 0, "history": [], "best": None, "seconds": 0.0}
+    if ckpt_path.is_file():
+        saved = torch.load(ckpt_path, weights_only=False)
+        if saved["fingerprint"] != fingerprint:
+            raise ValueError(f"{ckpt_path} was made with other stage-0 settings or data; use another run name")
+        tuner.load_state_dict(saved["tuner"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = saved["state"]
+        log.info("stage 0: resuming %s at epoch %d, pass %d", run_name, state["epoch"], state["position"])
+
+    def checkpoint() -> None:
+        _save_checkpoint(
+            ckpt_path,
+            {
+                "fingerprint": fingerprint,
+                "tuner": tuner.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "state": state,
+            },
+        )
+
+    done_passes = 0
+    for epoch in range(state["epoch"], s0.epochs):
+        order = list(train_refs)
+        random.Random(s0.seed * 1000 + epoch).shuffle(order)
+        bar = tqdm(
+            total=len(order),
+            initial=state["position"],
+            desc=f"stage 0 epoch {epoch + 1}/{s0.epochs}",
+            unit="pass",
+            disable=not progress,
+        )
+        tuner.train()
+        t_epoch, seen, loss_sum, tokens = time.perf_counter(), 0, 0.0, 0
+        epoch_loss, epoch_pairs = state.get("epoch_loss", 0.0), state.get("epoch_pairs", 0)
+        optimizer.zero_grad()
+        for position in range(state["position"], len(order)):
+            if max_passes is not None and done_passes >= max_passes:
+                state["seconds"] += time.perf_counter() - t_epoch
+                checkpoint()
+                bar.close()
+                raise RuntimeError(f"stage 0 stopped after {done_passes} pass(es) (max_passes)")
+            ref = order[position]
+            b = make_batch(caches[ref.cache], ref, ds, offsets[ref.cache], train_set)
+            if b is not None:
+                r = tuner.rewards(b.hidden, b.groups)
+                loss = nn.functional.softplus(r[b.rejected] - r[b.chosen]).sum()  # −log σ(r_c − r_r)
+                (loss / s0.pairs_per_step).backward()
+                seen += len(b.pairs)
+                loss_sum += loss.item()
+                epoch_loss, epoch_pairs = epoch_loss + loss.item(), epoch_pairs + len(b.pairs)
+                tokens += b.hidden.shape[0]
+            last = position == len(order) - 1
+            if seen >= s0.pairs_per_step or (last and seen):
+                nn.utils.clip_grad_norm_(tuner.trainable(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+                bar.set_postfix(
+                    loss=f"{loss_sum / max(seen, 1):.3f}",
+                    tok_s=f"{tokens / max(time.perf_counter() - t_epoch, 1e-9):.0f}",
+                )
+                seen, loss_sum = 0, 0.0
+                state["position"] = position + 1
+                state["epoch_loss"], state["epoch_pairs"] = epoch_loss, epoch_pairs
+                if state["position"] % 100 < 4:
+                    state["seconds"] += time.perf_counter() - t_epoch
+                    t_epoch = time.perf_counter()
+                    checkpoint()
+            done_passes += 1
+            bar.update(1)
+        bar.close()
+        tuner.eval()
+        val = _validate(tuner, caches, val_refs, ds, offsets)
+        state["seconds"] += time.perf_counter() - t_epoch
+        train_loss = epoch_loss / max(epoch_pairs, 1)  # mean BT loss over the epoch's pairs, as they were trained
+        state["history"].append(
+            {"epoch": epoch + 1, "train_loss": train_loss, "val": val, "seconds": round(state["seconds"], 1)}
+        )
+        log.info("stage 0 epoch %d: validation balanced %.3f ± %.3f", epoch + 1, val["balanced"], val["balanced_se"])
+        if state["best"] is None or val["balanced"] > state["best"]["val"]["balanced"]:
+            state["best"] = state["history"][-1]
+            _export(tuner, out, backbone)
+        state.update(epoch=epoch + 1, position=0, epoch_loss=0.0, epoch_pairs=0)
+        checkpoint()
+
+    report = {
+        "run": run_name,
+        "config": asdict(s0),
+        "start_layer": caches[0].start,
+        "train_pairs": len(train),
+        "val_pairs": state["best"]["val"]["pairs"],
+        "history": state["history"],
+        "best_epoch": state["best"]["epoch"],
+        "wall_seconds": {
+            "cache": round(cache_seconds, 1),
+            "train": round(state["seconds"], 1),
+            "total": round(time.perf_counter() - started, 1),
+        },
+        "threads": torch.get_num_threads(),
+    }
+    (out / "stage0.json").write_text(json.dumps(report, indent=2))
+    return Stage0Result(out, out / DELTA_FILE, report)
+
+
+def _export(tuner: RewardTuner, out: Path, backbone: Backbone) -> None:
+    """Write the delta file and its manifest entry (delta.json) atomically."""
+    tensors = {k: v.contiguous() for k, v in tuner.delta_tensors().items()}
+    path = out / DELTA_FILE
+    atomic.write_file(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    ref = BackboneDelta(
+        sha256=sha256_file(path),
+        base_revision=backbone.revision,
+        method=tuner.method,  # type: ignore[arg-type]
+        layers=tuple(range(tuner.first_tuned, tuner.first_tuned + len(tuner.tuned))),
+        scale=tuner.scale if tuner.method == "lora" else 1.0,
+        rank=int(next(iter(tensors.values())).shape[0]) if tuner.method == "lora" else 0,
+    )
+    atomic.write_bytes(out / RUN_DELTA_ENTRY, ref.model_dump_json(indent=2).encode())

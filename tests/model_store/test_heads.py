@@ -8,6 +8,7 @@ import torch
 from armo.model_store.backbone import Backbone
 from armo.model_store.errors import InputError
 from armo.model_store.heads import ArmoHead, GatingConfig, GatingNetwork, debias_matrix
+from armo.model_store.manifest import Objective
 from armo.model_store.reward_model import RewardModel, ScoreItem, Steering
 from tests.conftest import make_artifact
 
@@ -76,6 +77,26 @@ def test_rule_objective_enters_standardised(rm: RewardModel) -> None:
         assert res.rewards["verbosity"] == pytest.approx(bias + tokens / 100.0, abs=1e-5)  # scale 100 in the manifest
         assert abs(sum(res.contributions.values()) - res.score) < 1e-5
     assert out[0].rewards["verbosity"] > out[1].rewards["verbosity"]
+
+
+def test_a_rule_with_sign_minus_one_is_minus_the_rule(tiny_backbone: Backbone) -> None:
+    """r = sign · (raw − offset) / scale: `rule-compliance` (refusal, sign −1) is exactly −`rule-refusal`."""
+    manifest, head = make_artifact(tiny_backbone, objectives=("helpfulness",))
+    refusal = Objective(name="rule-refusal", kind="rule", source="rules", rule="refusal", offset=0.1, scale=0.3)
+    compliance = refusal.model_copy(update={"name": "rule-compliance", "sign": -1})
+    manifest = manifest.model_copy(update={"objectives": (*manifest.objectives, refusal, compliance)})
+    head = ArmoHead(tiny_backbone.hidden_size, 3, manifest.gating_config())
+    with torch.no_grad():
+        head.regression.weight[1:] = 0.0  # rule objectives have no learned row and no bias
+        head.bias[1:] = 0.0
+    rm = RewardModel(tiny_backbone, head, manifest)
+    items = [*ITEMS, ScoreItem(ITEMS[0].messages, "I'm sorry, but I can't help with that.")]
+    values = rm.rule_values([rm.prepare(it) for it in items])
+    assert values is not None
+    torch.testing.assert_close(values[:, 2], -values[:, 1])
+    torch.testing.assert_close(values[:, 1], (torch.tensor([0.0, 0.0, 1.0]) - 0.1) / 0.3)
+    for res in rm.score(items, detail=True):
+        assert res.rewards["rule-compliance"] == pytest.approx(-res.rewards["rule-refusal"], abs=1e-6)
 
 
 def test_steering_with_the_gating_weights_reproduces_the_score(rm: RewardModel) -> None:

@@ -87,3 +87,37 @@ def test_gating_train_config_keeps_its_json_shape() -> None:
     g = load_config(None, {f"gating.{k}": v for k, v in raw.items()}).to_dict()["gating"]
     assert {k: g[k] for k in raw} == raw
     assert set(g) == {f.name for f in dataclasses.fields(GatingTrainConfig)} >= set(GatingConfig().to_dict())
+
+
+def test_probe_names_follow_the_source_aspect_scheme() -> None:
+    from armo.training.objective_set import probe_name
+
+    default = json.loads((Path(__file__).resolve().parents[2] / "configs" / "default.json").read_text())
+    for probes in (TrainConfig().probes.objectives, default["probes"]["objectives"]):
+        assert all(probe_name(groups) == name for name, groups in probes.items())
+    assert probe_name(["ultrafeedback/overall"]) == "ultrafeedback-preference"
+    assert probe_name(["rmb/helpfulness", "hh-rlhf/helpfulness"]) == "hhrmb-helpfulness"
+    # a probe fit on a subset of another's pairs is dropped by leaving it out
+    kept = {"hhrmb-helpfulness": ["hh-rlhf/helpfulness", "rmb/helpfulness"]}
+    assert load_config(None, {"probes.objectives": kept}).probes.objectives == kept
+
+
+def test_rule_objectives_and_their_signs_are_a_config_switch() -> None:
+    from armo.training.objective_set import rule_objectives
+
+    cfg = TrainConfig()
+    got = [(o.name, o.rule, o.sign) for o in rule_objectives(cfg)]
+    assert got[:3] == [
+        ("rule-verbosity", "verbosity", 1),
+        ("rule-refusal", "refusal", 1),
+        ("rule-compliance", "refusal", -1),
+    ]
+    assert [n for n, _, _ in got[3:]] == ["rule-repetition", "rule-markdown", "rule-code-parses"]
+    one_way = load_config(None, {"objectives.negated_rules": {}})
+    assert all(o.sign == 1 for o in rule_objectives(one_way)) and len(rule_objectives(one_way)) == 5
+    with pytest.raises(ValueError, match="'compliance' is legacy"):
+        load_config(None, {"objectives.rules": ["verbosity", "compliance"]})
+    with pytest.raises(ValueError, match="unknown rule 'nope'"):
+        load_config(None, {"objectives.negated_rules": {"nope": "yes"}})
+    with pytest.raises(ValueError, match="collide"):
+        load_config(None, {"objectives.negated_rules": {"refusal": "markdown"}})

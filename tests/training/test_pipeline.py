@@ -6,19 +6,21 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from armo.model_store import rules
 from armo.model_store.backbone import load_backbone
 from armo.model_store.reward_model import RewardModel, ScoreItem
 from armo.model_store.store import ModelStore
 from armo.training.config import TrainConfig
 from armo.training.featurize import load_features
 from armo.training.metrics import SUMMARY_KEYS, pair_accuracy, validation_accuracy
-from armo.training.objective_set import fit_objectives
+from armo.training.objective_set import RuleObjective, fit_objectives, probe_name
 from armo.training.pipeline import run, sweep
 from armo.training.prepare import Dataset
 from armo.training.rewardbench import SECTIONS
@@ -33,16 +35,27 @@ def test_pipeline_end_to_end(tiny_config: TrainConfig, pooling: str) -> None:
     assert m.pooling == pooling
     kinds = {o.kind for o in m.objectives}
     assert kinds == {"regression", "pairwise", "rule"}
-    assert {"verbosity", "refusal", "repetition", "markdown", "code_parses"} <= set(m.objective_names)
-    assert m.debias_lambda["verbosity"] == 0.0
+    rule_names = ["rule-verbosity", "rule-refusal", "rule-compliance", "rule-repetition", "rule-markdown"]
+    assert [*rule_names, "rule-code-parses"] == [o.name for o in m.objectives if o.kind == "rule"]
+    assert set(tiny_config.probes.objectives) <= set(m.objective_names)
+    assert all(probe_name(groups) == name for name, groups in tiny_config.probes.objectives.items())
+    names, descriptions = m.objective_names, [o.description for o in m.objectives]
+    assert len(set(names)) == len(names) and all(re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)+", n) for n in names)
+    assert all(d and "\n" not in d for d in descriptions) and len(set(descriptions)) == len(descriptions)
+    by_name = {o.name: o for o in m.objectives}
+    refusal, compliance = by_name["rule-refusal"], by_name["rule-compliance"]
+    assert (refusal.rule, refusal.sign, compliance.rule, compliance.sign) == ("refusal", 1, "refusal", -1)
+    assert (compliance.offset, compliance.scale) == pytest.approx((refusal.offset, refusal.scale))
+    assert all(o.scale >= rules.RULES[o.rule].min_scale for o in m.objectives if o.rule)  # the floor is recorded
+    assert m.verbosity_objective == "rule-verbosity" and m.debias_lambda["rule-verbosity"] == 0.0
     rb = m.metrics["rewardbench"]
     assert set(rb["per_section"]) == set(SECTIONS)
     assert rb["n_pairs"] == 2 * sum(len(s) for s in SECTIONS.values()) + 4
     assert rb["four_section_mean"] is not None and rb["v1_score"] is not None
-    kinds_by_name = {o.name: o.kind for o in m.objectives}
     for name, corr in m.metrics["verbosity_spearman"].items():
-        exempt = kinds_by_name[name] == "rule" and name not in tiny_config.debias.rules  # discrete rules
-        if name != "verbosity" and not exempt:
+        rule = by_name[name].rule
+        exempt = rule is not None and rule not in tiny_config.debias.rules  # discrete rules
+        if name != m.verbosity_objective and not exempt:
             assert corr["after"] <= tiny_config.debias.threshold + 1e-9
         if exempt:
             assert corr["lambda"] == 0.0
@@ -88,6 +101,7 @@ def _eval_items(cfg: TrainConfig) -> list:  # type: ignore[type-arg]
         {"objectives.gating": "equal"},
         {"objectives.debias": False},
         {"objectives.rules": ["verbosity"]},
+        {"objectives.negated_rules": {}},
         {"gating.input": "response"},
         {"gating.balance_groups": True},
         {"gating.init": "uniform"},
@@ -104,7 +118,7 @@ def test_ablations_run(tiny_config: TrainConfig, overrides: dict[str, object]) -
     assert result.manifest.metrics["rewardbench"]["four_section_mean"] is not None
     assert not Path(tiny_config.store).exists()  # publishing is opt-in
     if overrides.get("objectives.blackbox"):
-        assert result.manifest.objective_names == ["preference"]
+        assert result.manifest.objective_names == ["all-preference"]
 
 
 def test_sweep_selects_on_validation_only(tiny_config: TrainConfig) -> None:
@@ -205,7 +219,7 @@ def test_cross_fit_gives_the_gating_out_of_fold_probe_values(tiny_config: TrainC
     out_of_fold = []
     for i, spec in enumerate(objs.specs):
         column = objs.gating_raw[:, i]
-        if isinstance(spec, str) or spec.kind != "pairwise":  # rules and ratings: never fit on these pairs
+        if isinstance(spec, RuleObjective) or spec.kind != "pairwise":  # rules and ratings: never fit on pairs
             np.testing.assert_array_equal(column, objs.raw[:, i])
             continue
         np.testing.assert_array_equal(column[val_items], objs.raw[val_items, i])  # out of sample already

@@ -76,6 +76,13 @@ def test_rules_stay_in_range_and_never_raise(name: str, response: str) -> None:
     assert r.description
 
 
+def test_every_rule_has_a_scale_floor_and_a_one_line_description() -> None:
+    for r in rules.RULES.values():
+        assert r.min_scale > 0 and "\n" not in r.description
+    assert rules.RULES["markdown"].min_scale == 0.1  # one failed check of five (0.2) is at most 2 σ
+    assert [n for n, r in rules.RULES.items() if r.legacy] == ["compliance"]  # kept for artifacts up to v0.4.0
+
+
 def test_adding_a_rule_is_one_decorator() -> None:
     @rules.rule("_test_exclaims", 0.0, 1.0)
     def exclaims(inp: RuleInput) -> float:
@@ -85,5 +92,6 @@ def test_adding_a_rule_is_one_decorator() -> None:
     try:
         assert rules.evaluate("_test_exclaims", x("hi!")) == 1.0
         assert rules.RULES["_test_exclaims"].description == "1 if the response contains '!'."
+        assert rules.RULES["_test_exclaims"].min_scale == 0.1  # by default a tenth of the range
     finally:
         del rules.RULES["_test_exclaims"]

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from armo.training.config import DebiasConfig, GatingTrainConfig, ProbeConfig, RegressionConfig
+from armo.model_store import rules
+from armo.training.artifact import manifest_objectives, standardise_and_debias
+from armo.training.config import DebiasConfig, GatingTrainConfig, ProbeConfig, RegressionConfig, TrainConfig
 from armo.training.debias import Standardiser, fit_debias, identity_debias
 from armo.training.gating import PairTensors, equal_gating, train_gating
+from armo.training.objective_set import Objectives, RuleObjective
 from armo.training.objectives import fit_bt_probe, fit_ridge
 
 
@@ -37,6 +41,39 @@ def test_standardiser() -> None:
     raw = np.array([[1.0, 5.0], [3.0, 5.0]])
     s = Standardiser.fit(raw)
     assert np.allclose(s(raw), [[-1.0, 0.0], [1.0, 0.0]])  # a constant column is centred, not divided by 0
+
+
+def _rule_objectives(*specs: tuple[str, int]) -> list[RuleObjective]:
+    return [RuleObjective(f"rule-{r}-{sign}", r, sign, f"{r} · {sign}") for r, sign in specs]  # type: ignore[arg-type]
+
+
+def test_rule_scale_floor_binds_for_a_rule_with_near_zero_spread() -> None:
+    rng = np.random.default_rng(3)
+    markdown = np.ones(200)
+    markdown[0] = 0.8  # one failed check of five in 200 responses: std 0.014
+    verbosity = rng.integers(10, 400, size=200).astype(float)
+    objs = Objectives(_rule_objectives(("verbosity", 1), ("markdown", 1)), np.stack([verbosity, markdown], axis=1))
+    cfg = TrainConfig()
+    deb = standardise_and_debias(cfg, objs)
+    assert rules.RULES["markdown"].min_scale == 0.1 and deb.std.std[1] == 0.1  # the floor binds …
+    assert deb.std.std[0] == pytest.approx(verbosity.std())  # … only where the spread is below it
+    r = deb.std(objs.raw)
+    assert r[0, 1] == pytest.approx((0.8 - markdown.mean()) / 0.1)  # about −2 σ
+    cfg.objectives.rule_scale_floor = False
+    assert standardise_and_debias(cfg, objs).std(objs.raw)[0, 1] < -14  # without it: about −14 σ
+    assert manifest_objectives(objs, deb.std)[1].scale == 0.1  # the manifest records the scale used
+
+
+def test_a_negated_rule_is_minus_the_rule_after_standardisation() -> None:
+    refusal = np.random.default_rng(4).choice([0.0, 0.5, 1.0], size=100, p=[0.8, 0.05, 0.15])
+    objs = Objectives(_rule_objectives(("refusal", 1), ("refusal", -1)), np.stack([refusal, -refusal], axis=1))
+    deb = standardise_and_debias(TrainConfig(), objs)
+    r = deb.std(objs.raw)
+    np.testing.assert_allclose(r[:, 1], -r[:, 0])
+    plus, minus = manifest_objectives(objs, deb.std)
+    assert (plus.sign, minus.sign) == (1, -1) and minus.rule == plus.rule == "refusal"
+    assert minus.offset == pytest.approx(plus.offset) == pytest.approx(refusal.mean())  # rule(x)'s offset
+    assert minus.scale == plus.scale
 
 
 def test_debias_brings_correlation_under_threshold() -> None:

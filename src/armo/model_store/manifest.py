@@ -35,13 +35,20 @@ class BackboneRef(_Strict):
 
 
 class Objective(_Strict):
+    """One column of r. Names are `<source>-<aspect>` (armo.training.objective_set documents the scheme); the
+    description is one line a dashboard can show."""
+
     name: str
     kind: ObjectiveKind
     source: str  # data file(s) or rule function it was made from
     description: str = ""
-    # How raw values were scaled into r: r = (raw - offset) / scale (recorded so a reader can undo it).
+    # How raw values were scaled into r: r = sign · (raw - offset) / scale (recorded so a reader can undo it). For
+    # learned objectives the scaling is folded into W, b and recorded only; rules are scaled at request time.
     scale: float = 1.0
     offset: float = 0.0
+    # -1: the rule read the other way round (e.g. compliance = refusal with sign -1); 1 for every artifact made
+    # before the field existed, so they load and score as before.
+    sign: Literal[1, -1] = 1
     rule: str | None = None  # name of the rule function, for kind == "rule"
     # Validation metrics of the fit (R², MSE, pairwise accuracy …).
     metrics: dict[str, float] = Field(default_factory=dict)

@@ -132,9 +132,11 @@ class RewardModel:
         self.objectives = manifest.objective_names
         self._index = {name: i for i, name in enumerate(self.objectives)}
         self._rules = [
-            (i, o.rule or o.name, o.offset, o.scale) for i, o in enumerate(manifest.objectives) if o.kind == "rule"
+            (i, o.rule or o.name, o.offset, o.scale, o.sign)
+            for i, o in enumerate(manifest.objectives)
+            if o.kind == "rule"
         ]
-        for _, name, _, _ in self._rules:
+        for _, name, _, _, _ in self._rules:
             if name not in rules.RULES:
                 raise ArtifactError(f"manifest.json: unknown rule {name!r}", field="objectives")
 
@@ -198,8 +200,8 @@ class RewardModel:
         values = torch.zeros((len(batch), len(self.objectives)))
         for row, p in enumerate(batch):
             x = rules.RuleInput(p.item.messages, p.item.response, p.encoded.response_tokens)
-            for col, name, offset, scale in self._rules:
-                values[row, col] = (rules.evaluate(name, x) - offset) / scale
+            for col, name, offset, scale, sign in self._rules:
+                values[row, col] = sign * (rules.evaluate(name, x) - offset) / scale
         return values
 
     @torch.inference_mode()

@@ -1,19 +1,21 @@
 """Rule-based objectives: pure, documented functions of (conversation, response).
 
-Each rule has a stated range; the artifact records per rule an offset and scale that standardise it on a
-reference distribution (r = (raw − offset) / scale). Adding a rule = one decorated function here:
+Each rule has a stated range; the artifact records per rule objective an offset and scale that standardise it on a
+reference distribution, and a sign: r = sign · (raw − offset) / scale. Adding a rule = one decorated function here:
 
-    @rule("my_rule", 0.0, 1.0)
+    @rule("my_rule", 0.0, 1.0, min_scale=0.1)
     def my_rule(x: RuleInput) -> float:
         \"\"\"What it measures (the docstring becomes the objective's description in the manifest).\"\"\"
         return ...
 
-Rules must be deterministic, cheap (they run on the request path) and never raise on any string.
+`min_scale` is the floor of the standardisation scale (see `rule`). Rules must be deterministic, cheap (they run
+on the request path) and never raise on any string.
 """
 
 from __future__ import annotations
 
 import ast
+import math
 import re
 import textwrap
 from collections.abc import Callable, Sequence
@@ -38,23 +40,39 @@ class Rule:
     fn: RuleFn
     low: float
     high: float
-    description: str
+    description: str  # one line: the docstring with its whitespace collapsed
+    min_scale: float = 0.0  # floor of the standardisation scale (`rule`)
+    legacy: bool = False  # kept so old artifacts load; training no longer offers it
 
 
 RULES: dict[str, Rule] = {}
 
 
-def rule(name: str, low: float, high: float) -> Callable[[RuleFn], RuleFn]:
-    """Register `fn` as rule `name` with range [low, high]; its docstring is its description."""
+def rule(
+    name: str, low: float, high: float, *, min_scale: float | None = None, legacy: bool = False
+) -> Callable[[RuleFn], RuleFn]:
+    """Register `fn` as rule `name` with range [low, high]; its docstring is its description.
+
+    `min_scale` floors the scale a training run standardises the rule with (scale = max(std, min_scale) on the
+    reference responses). A rule that almost never fires has a tiny spread, and one firing then lands many σ
+    from the mean: `markdown`'s std of 0.016 in v0.4.0 made a single failed check (−0.2) about −12 σ, while every
+    learned objective is standardised to unit variance and the gating, the explain page and steering compare the
+    columns on that scale. The floors below are half of each rule's smallest meaningful step (one check of
+    `markdown`'s five, `refusal`'s 0.5, `code_parses`' 0.5 from "no code" to pass or fail), so one discrete event
+    moves r by at most 2 σ; a rule whose natural spread is larger keeps it. None: a tenth of the range (no floor
+    for an unbounded range). `legacy` rules stay registered so the artifacts that list them still load and score;
+    training refuses them.
+    """
 
     def register(fn: RuleFn) -> RuleFn:
-        RULES[name] = Rule(name, fn, low, high, (fn.__doc__ or "").strip())
+        floor = min_scale if min_scale is not None else (high - low) / 10 if math.isfinite(high - low) else 0.0
+        RULES[name] = Rule(name, fn, low, high, " ".join((fn.__doc__ or "").split()), floor, legacy)
         return fn
 
     return register
 
 
-@rule("verbosity", 0.0, float("inf"))
+@rule("verbosity", 0.0, float("inf"), min_scale=16.0)  # a floor far below any real spread
 def verbosity(x: RuleInput) -> float:
     """Response length in backbone tokens."""
     return float(x.response_tokens)
@@ -69,7 +87,7 @@ _REFUSAL = re.compile(
 )
 
 
-@rule("refusal", 0.0, 1.0)
+@rule("refusal", 0.0, 1.0, min_scale=0.25)
 def refusal(x: RuleInput) -> float:
     """1 if the response opens with a refusal or an AI disclaimer (first 200 characters), 0.5 if one appears
     later, else 0."""
@@ -79,17 +97,17 @@ def refusal(x: RuleInput) -> float:
     return 0.5 if _REFUSAL.search(x.response) else 0.0
 
 
-@rule("compliance", 0.0, 1.0)
+@rule("compliance", 0.0, 1.0, min_scale=0.25, legacy=True)
 def compliance(x: RuleInput) -> float:
-    """1 − refusal: the same signal with the other polarity. Gating weights are non-negative (softmax), so a
-    rule whose sign depends on the prompt (refuse harmful requests, answer benign ones) is offered both ways."""
+    """Legacy (artifacts up to v0.4.0): 1 − refusal, the same signal with the other polarity. New runs list
+    refusal with sign −1 instead (`objectives.negated_rules`, objective `rule-compliance`)."""
     return 1.0 - refusal(x)
 
 
 _WORD = re.compile(r"\w+")
 
 
-@rule("repetition", 0.0, 1.0)
+@rule("repetition", 0.0, 1.0, min_scale=0.1)  # continuous: a tenth of trigrams repeated is ≤ 1 σ
 def repetition(x: RuleInput) -> float:
     """Fraction of repeated word trigrams: 1 − distinct/total (0 = no repeats; < 3 trigrams → 0)."""
     words = [w.lower() for w in _WORD.findall(x.response)]
@@ -116,7 +134,7 @@ def _markdown_checks(text: str) -> list[bool]:
     return [fences % 2 == 0, inline_ok, bold_ok, links_ok, table_ok]
 
 
-@rule("markdown", 0.0, 1.0)
+@rule("markdown", 0.0, 1.0, min_scale=0.1)
 def markdown(x: RuleInput) -> float:
     """Markdown well-formedness: fraction of checks passed — balanced code fences, balanced inline backticks
     and ** per line, link syntax, consistent table columns. Plain text scores 1."""
@@ -160,7 +178,7 @@ def code_blocks(text: str) -> list[tuple[str, str]]:
     return blocks
 
 
-@rule("code_parses", 0.0, 1.0)
+@rule("code_parses", 0.0, 1.0, min_scale=0.25)
 def code_parses(x: RuleInput) -> float:
     """Fraction of code blocks that parse: Python (tag python/py, or untagged and Python-looking) with `ast`,
     other languages by bracket balance; a fence left open counts as a failure; 0.5 when there is no code."""

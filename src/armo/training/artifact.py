@@ -21,7 +21,7 @@ from armo.training.evaluate import EvalResult
 from armo.training.featurize import TrainingFeatures
 from armo.training.gating import balanced_weights, equal_gating, gating_config, pair_tensors, train_gating
 from armo.training.metrics import val_pair_accuracy
-from armo.training.objective_set import Objectives, as_float64, in_probe_share
+from armo.training.objective_set import Objectives, RuleObjective, as_float64, in_probe_share
 
 # The token cap the artifact declares (manifest backbone.max_length): the service truncates requests at the manifest's
 # max_length, so this, not cfg.extract.max_length, is what serving uses. Training features are read at the shorter
@@ -91,7 +91,7 @@ def assemble(cfg: TrainConfig, f: TrainingFeatures, objs: Objectives, backbone: 
         objectives=tuple(objectives),
         pooling=cfg.pooling,
         gating=gcfg.to_dict(),
-        verbosity_objective="verbosity" if deb.verbosity is not None else None,
+        verbosity_objective=objs.names[deb.verbosity] if deb.verbosity is not None else None,
         debias_lambda=(
             {n: float(deb.debias.lambdas[i]) for i, n in enumerate(objs.names)} if cfg.objectives.debias else {}
         ),
@@ -103,11 +103,12 @@ def assemble(cfg: TrainConfig, f: TrainingFeatures, objs: Objectives, backbone: 
 
 
 def standardise_and_debias(cfg: TrainConfig, objs: Objectives) -> Debiased:
-    std = Standardiser.fit(objs.raw)  # reference distribution: every training response
+    floor = objs.scale_floors() if cfg.objectives.rule_scale_floor else None
+    std = Standardiser.fit(objs.raw, floor)  # reference distribution: every training response
     r = std(objs.raw)  # [N, k]
-    vi = objs.names.index("verbosity") if "verbosity" in objs.names else None
+    vi = verbosity_column(objs)
     if cfg.objectives.debias and vi is not None:
-        skip = [i for i, s in enumerate(objs.specs) if isinstance(s, str) and s not in cfg.debias.rules]
+        skip = [i for i, s in enumerate(objs.specs) if isinstance(s, RuleObjective) and s.rule not in cfg.debias.rules]
         deb = fit_debias(r, vi, cfg.debias, skip)
     else:
         deb = identity_debias(r, vi)
@@ -116,6 +117,14 @@ def standardise_and_debias(cfg: TrainConfig, objs: Objectives) -> Debiased:
     # validation pairs were never fit on, so their published values are already out of sample.
     gating_debiased = debiased if objs.gating_raw is None else std(objs.gating_raw) @ deb.transform.T
     return Debiased(std, deb, vi, debiased, gating_debiased)
+
+
+def verbosity_column(objs: Objectives) -> int | None:
+    """The column debiasing subtracts: the verbosity rule with sign +1 (`rule-verbosity`), if the set has it."""
+    cols = [
+        i for i, s in enumerate(objs.specs) if isinstance(s, RuleObjective) and (s.rule, s.sign) == ("verbosity", 1)
+    ]
+    return cols[0] if cols else None
 
 
 def fit_gating(cfg: TrainConfig, f: TrainingFeatures, deb: Debiased) -> Gating:
@@ -144,7 +153,7 @@ def build_head(d: int, objs: Objectives, deb: Debiased, net: GatingNetwork, gcfg
     w = np.zeros((k, d))
     b = np.zeros(k)
     for i, s in enumerate(objs.specs):
-        if not isinstance(s, str):
+        if not isinstance(s, RuleObjective):
             mean, sd = float(deb.std.mean[i]), float(deb.std.std[i])
             w[i] = s.w / sd
             b[i] = (s.b - mean) / sd
@@ -157,21 +166,24 @@ def build_head(d: int, objs: Objectives, deb: Debiased, net: GatingNetwork, gcfg
 
 
 def manifest_objectives(objs: Objectives, std: Standardiser) -> list[Objective]:
-    """The manifest's objective list: kind, source, standardisation and validation metrics of each objective."""
+    """The manifest's objective list: kind, source, one-line description, standardisation (sign, offset, scale:
+    the scale actually used, floor included) and validation metrics of each objective."""
     out = []
     for i, s in enumerate(objs.specs):
         mean, sd = float(std.mean[i]), float(std.std[i])
-        if isinstance(s, str):
-            rl = rules.RULES[s]
+        if isinstance(s, RuleObjective):
+            rl = rules.RULES[s.rule]
             out.append(
                 Objective(
-                    name=s,
+                    name=s.name,
                     kind="rule",
-                    source=f"armo.model_store.rules:{s}",
-                    rule=s,
-                    offset=mean,
+                    source=f"armo.model_store.rules:{s.rule}",
+                    rule=s.rule,
+                    sign=s.sign,
+                    offset=s.sign * mean,  # the column held sign · rule(x); the manifest's offset is rule(x)'s
                     scale=sd,
-                    description=f"{rl.description} Range [{rl.low}, {rl.high}]; standardised on training responses.",
+                    description=f"{s.description} Range [{rl.low:g}, {rl.high:g}]; standardised on the training "
+                    f"responses (scale floor {rl.min_scale:g}).",
                 )
             )
         else:

@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args
 
 from armo.model_store.heads import GatingConfig
 from armo.model_store.manifest import Pooling
+from armo.model_store.rules import RULES
 
 
 def default_data_root() -> str:
@@ -166,15 +167,21 @@ class RegressionConfig:
 
 @dataclass
 class ProbeConfig:
-    """Linear Bradley-Terry probes (pairwise objectives and the black-box baseline)."""
+    """Linear Bradley-Terry probes (pairwise objectives and the black-box baseline). Probe names follow the
+    `<data>-<aspect>` scheme of `armo.training.objective_set.probe_name`."""
 
     objectives: dict[str, list[str]] = field(
         default_factory=lambda: {
-            "helpfulness": ["hh-rlhf/helpfulness", "rmb/helpfulness"],
-            "harmlessness": ["hh-rlhf/harmlessness", "rmb/harmlessness"],
-            "preference": ["ultrafeedback/overall", "hh-rlhf/helpfulness", "rmb/helpfulness"],
+            "hhrmb-helpfulness": ["hh-rlhf/helpfulness", "rmb/helpfulness"],
+            "hhrmb-harmlessness": ["hh-rlhf/harmlessness", "rmb/harmlessness"],
+            "mixed-preference": ["ultrafeedback/overall", "hh-rlhf/helpfulness", "rmb/helpfulness"],
         },
-        metadata={"help": "Objective name -> the '<source>/<objective>' pair groups it is learned from."},
+        metadata={
+            "help": "Objective name -> the '<source>/<objective>' pair groups it is learned from; name it "
+            "`probe_name(groups)` (armo.training.objective_set: e.g. 'hhrmb-helpfulness'). A probe is dropped by "
+            "leaving it out, e.g. one fit on a subset of another probe's pairs ('rmb-helpfulness' beside "
+            "'hhrmb-helpfulness')."
+        },
     )
     weight_decays: list[float] = field(
         default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0],
@@ -208,8 +215,9 @@ class DebiasConfig:
     rules: list[str] = field(
         default_factory=lambda: ["repetition"],
         metadata={
-            "help": "Rule objectives that are debiased: most rules are discrete (ties), where subtracting λ·verbosity "
-            "would just break ties by length; repetition grows with length by construction."
+            "help": "Rule functions whose objectives (either sign) are debiased: most rules are discrete (ties), "
+            "where subtracting λ·verbosity would just break ties by length; repetition grows with length by "
+            "construction."
         },
     )
 
@@ -252,8 +260,27 @@ class ObjectiveSet:
     regression: bool = field(default=True, metadata={"help": "Ridge objectives from the rating files."})
     pairwise: bool = field(default=True, metadata={"help": "Bradley-Terry probes from `probes.objectives`."})
     rules: list[str] = field(
-        default_factory=lambda: ["verbosity", "refusal", "compliance", "repetition", "markdown", "code_parses"],
-        metadata={"help": "Rule-based objectives (armo.model_store.rules); 'verbosity' is also the debias target."},
+        default_factory=lambda: ["verbosity", "refusal", "repetition", "markdown", "code_parses"],
+        metadata={
+            "help": "Rule functions (armo.model_store.rules) offered with sign +1, each as objective "
+            "'rule-<rule>' (underscores as hyphens: 'rule-code-parses'); 'verbosity' is also the debias target."
+        },
+    )
+    negated_rules: dict[str, str] = field(
+        default_factory=lambda: {"refusal": "compliance"},
+        metadata={
+            "help": "Rule function -> aspect name: the rule also offered with sign −1, as objective 'rule-<aspect>' "
+            "(the default: 'rule-compliance' = −refusal after standardisation). Gating weights are non-negative "
+            "(softmax), so a rule whose direction depends on the prompt (refuse harmful requests, answer benign ones) "
+            "needs both signs to be usable either way; {} offers each rule in one direction only."
+        },
+    )
+    rule_scale_floor: bool = field(
+        default=True,
+        metadata={
+            "help": "Standardise each rule with scale max(std, its `min_scale`) (armo.model_store.rules.rule), so a "
+            "rare event is not many σ; false: the plain std (artifacts up to v0.4.0)."
+        },
     )
     debias: bool = field(default=True, metadata={"help": "Decorrelate objectives from verbosity (ArmoRM's T)."})
     gating: Literal["learned", "equal"] = field(
@@ -263,6 +290,17 @@ class ObjectiveSet:
         default=False,
         metadata={"help": "Ablation: one BT head on the response feature, nothing else (the scalar-RM baseline)."},
     )
+
+    def __post_init__(self) -> None:
+        for name in [*self.rules, *self.negated_rules]:
+            r = RULES.get(name)
+            if r is None:
+                raise ValueError(f"objectives: unknown rule {name!r}; known: {', '.join(sorted(RULES))}")
+            if r.legacy:
+                raise ValueError(f"objectives: rule {name!r} is legacy (old artifacts only): {r.description}")
+        names = [n.replace("_", "-") for n in [*self.rules, *self.negated_rules.values()]]  # as in 'rule-<name>'
+        if len(set(names)) != len(names):
+            raise ValueError(f"objectives: rule objective names collide: rules {self.rules}, {self.negated_rules}")
 
 
 @dataclass

@@ -22,8 +22,12 @@ class Standardiser:
     std: Array  # [k]
 
     @classmethod
-    def fit(cls, raw: Array) -> Standardiser:  # raw [N, k] on the reference distribution
+    def fit(cls, raw: Array, floor: Array | None = None) -> Standardiser:
+        """Mean and std of raw [N, k] on the reference distribution; `floor` [k]: the least scale per column (rules'
+        `min_scale`); a column with no spread and no floor keeps scale 1."""
         std = raw.std(axis=0)
+        if floor is not None:
+            std = np.maximum(std, floor)
         return cls(raw.mean(axis=0), np.where(std > 1e-8, std, 1.0))
 
     def __call__(self, raw: Array) -> Array:

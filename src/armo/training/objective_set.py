@@ -1,15 +1,34 @@
 """Stage 2: the objective set — regression objectives (ridge on ratings), Bradley-Terry probes (on pairs) and rules,
 fit on the training features — and their raw values on every training response (out of fold for the gating when
-`probes.cross_fit` asks)."""
+`probes.cross_fit` asks).
+
+Objective names are `<source>-<aspect>`, lower case, so a dashboard user can tell them apart and see where each
+comes from; every objective also gets a one-line description in the manifest.
+
+- ratings: the rating's own name in the data, which already is `<judge>-<aspect>` (`justeval-clarity`,
+  `ultrafeedback-overall`); description: the judge, the aspect and the label range.
+- probes: `probe_name(groups)` of the '<source>/<objective>' pair groups they are fit on. The data part is the
+  source's short tag (its name up to the first hyphen: hh-rlhf → `hh`), several sources' tags concatenated in
+  alphabetical order (`hhrmb`); the aspect is the groups' common objective, UltraFeedback's `overall` being a
+  `preference`. Groups of different aspects are `mixed-preference`; the black-box head on every pair is
+  `all-preference`. So: `hhrmb-helpfulness`, `hhrmb-harmlessness`, `mixed-preference`, `ultrafeedback-preference`,
+  `rmb-helpfulness`. The names are the config's keys (`probes.objectives`); the scheme is what they should be.
+- rules: `rule-<rule>` with the rule function's underscores as hyphens (`rule-verbosity`, `rule-code-parses`), sign
+  +1; a rule also offered the other way round (`objectives.negated_rules`) is `rule-<aspect>` with sign −1
+  (`rule-compliance` = refusal · −1). The manifest's `rule` field names the rule function either way.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 
+from armo.model_store import rules
 from armo.training.config import TrainConfig
 from armo.training.data import id_fraction
 from armo.training.featurize import TrainingFeatures
@@ -19,18 +38,66 @@ from armo.training.prepare import pair_group, split_key
 log = logging.getLogger(__name__)
 
 
+BLACKBOX_NAME = "all-preference"
+
+
+def probe_name(groups: Sequence[str]) -> str:
+    """The `<data>-<aspect>` name of a probe fit on these '<source>/<objective>' pair groups (module docstring)."""
+    sources = sorted({g.split("/", 1)[0].split("-", 1)[0] for g in groups})
+    aspects = {"preference" if g.split("/", 1)[-1] == "overall" else g.split("/", 1)[-1] for g in groups}
+    if len(aspects) > 1:
+        return "mixed-preference"
+    return f"{''.join(sources)}-{aspects.pop()}"
+
+
+def rule_objective_name(name: str) -> str:
+    """`rule-<name>`, underscores as hyphens: a rule function's objective, or the aspect of a negated rule."""
+    return "rule-" + name.replace("_", "-")
+
+
+@dataclass
+class RuleObjective:
+    """A rule function read with a sign: r = sign · (rule(x) − offset) / scale."""
+
+    name: str
+    rule: str  # the function in armo.model_store.rules
+    sign: Literal[1, -1]
+    description: str
+
+
+def rule_objectives(cfg: TrainConfig) -> list[RuleObjective]:
+    """`objectives.rules` with sign +1, each followed by its sign −1 twin if `objectives.negated_rules` lists it
+    (the column order of artifacts up to v0.4.0: refusal, then compliance), then negated rules offered one way."""
+    negated = cfg.objectives.negated_rules
+
+    def twin(r: str) -> RuleObjective:
+        desc = f"The {r} rule with sign −1 ({negated[r]}: high when {r} is low). {rules.RULES[r].description}"
+        return RuleObjective(rule_objective_name(negated[r]), r, -1, desc)
+
+    out: list[RuleObjective] = []
+    for r in cfg.objectives.rules:
+        out.append(RuleObjective(rule_objective_name(r), r, 1, rules.RULES[r].description))
+        if r in negated:
+            out.append(twin(r))
+    return out + [twin(r) for r in negated if r not in cfg.objectives.rules]
+
+
 @dataclass
 class Objectives:
     """k objectives: learned ones (w, b) and rules; raw values on the training items."""
 
-    specs: list[LinearObjective | str]  # a str is a rule name
-    raw: np.ndarray  # [N_items, k]
+    specs: list[LinearObjective | RuleObjective]
+    raw: np.ndarray  # [N_items, k]; a rule column holds sign · rule(x), so the standardiser sees its direction
     # What the gating trains on, if it differs from `raw`: probe columns out of fold (`probes.cross_fit`).
     gating_raw: np.ndarray | None = None
 
     @property
     def names(self) -> list[str]:
-        return [s if isinstance(s, str) else s.name for s in self.specs]
+        return [s.name for s in self.specs]
+
+    def scale_floors(self) -> np.ndarray:
+        """[k] the least standardisation scale of each column: a rule's `min_scale`, 0 for learned objectives."""
+        return np.array([rules.RULES[s.rule].min_scale if isinstance(s, RuleObjective) else 0.0 for s in self.specs])
 
 
 def as_float64(t: torch.Tensor) -> np.ndarray:
@@ -39,28 +106,26 @@ def as_float64(t: torch.Tensor) -> np.ndarray:
 
 def fit_objectives(cfg: TrainConfig, f: TrainingFeatures) -> Objectives:
     ds, h = f.train, as_float64(f.table.pooled(cfg.pooling))
-    specs: list[LinearObjective | str] = []
+    specs: list[LinearObjective | RuleObjective] = []
+    all_groups = sorted({pair_group(p) for p in ds.pairs})
     if cfg.objectives.blackbox:
-        groups = sorted({pair_group(p) for p in ds.pairs})
-        specs.append(_probe(cfg, f, "preference", groups, "black-box scalar RM: one BT head on all training pairs"))
+        desc = "black-box scalar RM: one Bradley-Terry head on every training pair"
+        specs.append(_probe(cfg, f, BLACKBOX_NAME, all_groups, desc))
     else:
         if cfg.objectives.regression:
             specs.extend(_regressions(cfg, f, h))
         if cfg.objectives.pairwise:
             for name, groups in cfg.probes.objectives.items():
-                specs.append(_probe(cfg, f, name, groups, ""))
-        specs.extend(cfg.objectives.rules)
-    probe_groups = (
-        {"preference": sorted({pair_group(p) for p in ds.pairs})} if cfg.objectives.blackbox else cfg.probes.objectives
-    )
+                specs.append(_probe(cfg, f, name, groups, probe_description(groups)))
+        specs.extend(rule_objectives(cfg))
+    probe_groups = {BLACKBOX_NAME: all_groups} if cfg.objectives.blackbox else cfg.probes.objectives
     raw = np.zeros((len(ds.items), len(specs)))
-    rule_names = [s for s in specs if isinstance(s, str)]
-    rule_raw = rule_matrix(ds.items, f.table, rule_names) if rule_names else np.zeros((len(ds.items), 0))
-    j = 0
+    rule_specs = [s for s in specs if isinstance(s, RuleObjective)]
+    rule_fns = sorted({s.rule for s in rule_specs})  # each function evaluated once, whatever its signs
+    rule_raw = rule_matrix(ds.items, f.table, rule_fns) if rule_fns else np.zeros((len(ds.items), 0))
     for i, s in enumerate(specs):
-        if isinstance(s, str):
-            raw[:, i] = rule_raw[:, j]
-            j += 1
+        if isinstance(s, RuleObjective):
+            raw[:, i] = s.sign * rule_raw[:, rule_fns.index(s.rule)]
         else:
             raw[:, i] = s.predict(h)
     gating_raw = None
@@ -105,14 +170,20 @@ def _regressions(cfg: TrainConfig, f: TrainingFeatures, h: np.ndarray) -> list[L
     return out
 
 
+def probe_description(groups: Sequence[str]) -> str:
+    """One line: what a probe on these pair groups learns, from which data."""
+    aspects = sorted({g.split("/", 1)[-1] for g in groups})
+    what = " or ".join("overall" if a == "overall" else f"for {a}" for a in aspects)
+    return f"Bradley-Terry probe of which response is preferred {what}, fit on {' + '.join(groups)} pairs"
+
+
 def _probe(cfg: TrainConfig, f: TrainingFeatures, name: str, groups: list[str], description: str) -> LinearObjective:
     ds, h = f.train, as_float64(f.table.pooled(cfg.pooling))
     sel = [i for i, p in enumerate(ds.pairs) if pair_group(p) in groups and in_probe_share(cfg, p.id)]
     tr = [ds.pair_items[i] for i in sel if not ds.pair_val[i]]
     va = [ds.pair_items[i] for i in sel if ds.pair_val[i]]
     obj = fit_bt_probe(name, _pair_diff(h, tr), _pair_diff(h, va), cfg.probes, "+".join(groups))
-    if description:
-        obj.description = description
+    obj.description = f"{description} (L2 {obj.metrics['l2']:g}, chosen on validation accuracy)"
     return obj
 
 

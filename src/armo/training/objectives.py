@@ -69,7 +69,12 @@ def fit_ridge(
         "n_val": float(len(y_val)),
     }
     final = Ridge(alpha=alpha).fit(np.vstack([x_train, x_val]), np.concatenate([y_train, y_val]))
-    desc = f"ridge regression on absolute ratings '{name}' (alpha={alpha:g}, chosen on the validation split)"
+    aspect = name.split("-", 1)[-1]  # rating names are '<judge>-<aspect>'
+    labels = np.concatenate([y_train, y_val])
+    desc = (
+        f"the {source} judge's {aspect} rating (labels {labels.min():g}–{labels.max():g} in the training rows), "
+        f"by ridge regression (alpha {alpha:g}, chosen on the validation split)"
+    )
     return LinearObjective(
         name, "regression", source, desc, final.coef_.astype(np.float64), float(final.intercept_), metrics
     )

@@ -34,6 +34,18 @@ class BackboneRef(_Strict):
     max_length: int = 2048
 
 
+class BackboneDelta(_Strict):
+    """The reward-tuned layers an artifact applies to its backbone (armo.model_store.delta)."""
+
+    file: str = "backbone_delta.safetensors"
+    sha256: str
+    base_revision: str  # the backbone revision it was tuned from: never applied to another
+    method: Literal["lora", "full"]
+    layers: tuple[int, ...]  # the decoder layers it changes
+    scale: float = 1.0  # LoRA: alpha / rank
+    rank: int = 0  # LoRA rank (0 for full)
+
+
 class Objective(_Strict):
     """One column of r. Names are `<source>-<aspect>` (armo.training.objective_set documents the scheme); the
     description is one line a dashboard can show."""
@@ -61,6 +73,7 @@ class Manifest(_Strict):
     created_at: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     code_version: str = Field(default_factory=lambda: __version__)
     backbone: BackboneRef
+    backbone_delta: BackboneDelta | None = None  # None: the backbone as published (every artifact before stage 0)
     objectives: tuple[Objective, ...]
     # "last" for artifacts made before the field existed and for imported ArmoRM checkpoints.
     pooling: Pooling = "last"

@@ -13,6 +13,7 @@ import torch
 
 from armo.model_store import rules
 from armo.model_store.backbone import Backbone, backbone_ref
+from armo.model_store.delta import DELTA_FILE
 from armo.model_store.heads import ArmoHead, GatingConfig, GatingNetwork
 from armo.model_store.manifest import Manifest, Objective
 from armo.training.config import TrainConfig
@@ -88,6 +89,7 @@ def assemble(cfg: TrainConfig, f: TrainingFeatures, objs: Objectives, backbone: 
         version=cfg.version or dt.datetime.now(dt.UTC).strftime("v%Y%m%d-%H%M%S"),
         code_version=_git_rev(),
         backbone=backbone_ref(backbone, SERVE_MAX_LENGTH),
+        backbone_delta=backbone.delta.model_copy(update={"file": DELTA_FILE}) if backbone.delta else None,
         objectives=tuple(objectives),
         pooling=cfg.pooling,
         gating=gcfg.to_dict(),

@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args
 from armo.model_store.heads import GatingConfig
 from armo.model_store.manifest import Pooling
 from armo.model_store.rules import RULES
+from armo.training.tune_config import BackboneTuneConfig
 
 
 def default_data_root() -> str:
@@ -301,57 +302,6 @@ class ObjectiveSet:
         names = [n.replace("_", "-") for n in [*self.rules, *self.negated_rules.values()]]  # as in 'rule-<name>'
         if len(set(names)) != len(names):
             raise ValueError(f"objectives: rule objective names collide: rules {self.rules}, {self.negated_rules}")
-
-
-@dataclass
-class BackboneTuneConfig:
-    """Stage 0 (`armo train backbone`): Bradley-Terry tuning of the backbone's top layers on the training pairs."""
-
-    delta: str = field(
-        default="",
-        metadata={
-            "help": "A stage-0 delta (backbone_delta.safetensors from `armo train backbone`) the run's backbone gets "
-            "before featurising; empty: the frozen backbone as published."
-        },
-    )
-    layers: int = field(
-        default=4,
-        metadata={
-            "help": "K, the top layers tuned. The inputs of layer L−K are cached once, so an epoch costs K/L of a "
-            "forward pass plus its backward; on a GPU raise it (up to every layer)."
-        },
-    )
-    cache_layers: int = field(
-        default=4,
-        metadata={
-            "help": "The layer cache holds the inputs of layer L−cache_layers (≥ layers): candidates with fewer "
-            "layers share it (the frozen ones in between run without gradients)."
-        },
-    )
-    method: Literal["lora", "full"] = field(
-        default="lora",
-        metadata={
-            "help": "'lora': low-rank adapters on every Linear of the tuned layers (a delta of a few MB, merged into "
-            "the weights at load); 'full': the layers' whole weights (tens of MB per layer on an 8B backbone)."
-        },
-    )
-    rank: int = field(default=16, metadata={"help": "LoRA rank."})
-    alpha: int = field(default=32, metadata={"help": "LoRA alpha (the update is scaled by alpha / rank)."})
-    lr: float = field(default=2e-4, metadata={"help": "AdamW learning rate (linear warm-up over the first 5 %)."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    epochs: int = field(
-        default=2, metadata={"help": "Passes over the training pairs; the epoch kept is the best on validation pairs."}
-    )
-    pairs_per_step: int = field(
-        default=32, metadata={"help": "Pairs per optimiser step (gradients accumulated over packed passes)."}
-    )
-    max_pairs: int = field(
-        default=0, metadata={"help": "Train on at most this many training pairs (0: all); a seeded sample."}
-    )
-    seed: int = field(default=0, metadata={"help": "Seed of the adapters' initialisation and of the pair order."})
-    out_dir: str = field(
-        default="runs/backbone", metadata={"help": "Checkpoints, the delta and stage0.json per run name."}
-    )
 
 
 @dataclass

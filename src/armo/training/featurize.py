@@ -14,7 +14,7 @@ from armo.model_store.manifest import Manifest
 from armo.model_store.store import ModelStore
 from armo.training.config import TrainConfig
 from armo.training.extract import FeatureTable, ShardPool, run_extraction
-from armo.training.layer_cache import layer_caches
+from armo.training.layer_cache import cached_pools
 from armo.training.prepare import Dataset, build_eval_set, build_training_set, part_bounds
 
 _BACKBONES: dict[tuple[str, str], Backbone] = {}
@@ -95,7 +95,7 @@ def load_features(cfg: TrainConfig, backbone: Backbone | None, with_eval: bool) 
     is complete: minutes instead of a full extraction) and, with `with_eval`, the evaluation set's."""
     train = build_training_set(cfg.data)
     bb = backbone or run_backbone(cfg)
-    pools = [c.pool_for(bb) if c.serves(bb) else None for c in layer_caches(cfg, train, bb)] if bb.packed else []
+    pools = cached_pools(cfg, train, bb)
     table, seconds = featurize(cfg, train, "train", bb, pools=pools)
     feats = TrainingFeatures(train, table, seconds)
     if with_eval:

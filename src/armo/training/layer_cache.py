@@ -254,3 +254,13 @@ def layer_caches(cfg: TrainConfig, ds: Dataset, backbone: Backbone) -> list[Laye
             )
         )
     return caches
+
+
+def cached_pools(cfg: TrainConfig, ds: Dataset, backbone: Backbone) -> list[ShardPool | None]:
+    """Per extraction job of the training set, a pool reading its features from a complete layer cache through
+    `backbone`'s top layers (None where there is no such cache, e.g. stage 0 never ran)."""
+    if not backbone.packed or backbone.engine is not None:
+        return []
+    if not len(decoder_layers(backbone.model)) - cfg.stage0.cache_layers >= 0:
+        return []
+    return [c.pool_for(backbone) if c.serves(backbone) else None for c in layer_caches(cfg, ds, backbone)]

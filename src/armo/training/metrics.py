@@ -74,7 +74,8 @@ def validation_accuracy(cfg: TrainConfig, versions: list[str], store: Path) -> d
     rejected = [train.pair_items[i][1] for i in val_idx]
     groups = [pair_group(train.pairs[i]) for i in val_idx]
     models = ModelStore(store)
-    out = {}
+    out: dict[str, dict[str, float]] = {}
+    won: dict[str, np.ndarray] = {}
     for version in versions:
         manifest, head = models.load(cfg.name, version)
         trained = manifest.training.get("data", {})
@@ -89,5 +90,11 @@ def validation_accuracy(cfg: TrainConfig, versions: list[str], store: Path) -> d
         backbone = artifact_backbone(cfg.backbone, models, manifest)
         f = load_features(cfg, backbone, with_eval=False)
         scores, _, _ = score_items(RewardModel(backbone, head, manifest), f.train, f.table)
-        out[version] = pair_accuracy(scores[chosen] - scores[rejected], groups)
+        margin = scores[chosen] - scores[rejected]
+        out[version] = pair_accuracy(margin, groups)
+        won[version] = wins(margin)
+        if len(won) > 1:  # the promotion rule's paired difference from the first version, on the same pairs
+            _, out[version]["vs_base"], out[version]["vs_base_se"] = balanced_mean(
+                won[version] - next(iter(won.values())), groups
+            )
     return out

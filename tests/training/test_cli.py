@@ -53,7 +53,7 @@ def test_train_run_then_eval(tiny_config: TrainConfig, tmp_path: Path) -> None:
 def test_train_cv_writes_paired_differences(tiny_config: TrainConfig, tmp_path: Path) -> None:
     cfg_path = tmp_path / "config.json"
     cfg_path.write_text(json.dumps(tiny_config.to_dict()))
-    out = tmp_path / "cv.json"
+    out = tmp_path / "not-yet" / "cv.json"  # --out makes its folder
     args = ["train", "cv", "--config", str(cfg_path), "--set", "gating.max_epochs=2", "--folds", "2"]
     res = CliRunner().invoke(app, [*args, "--try", "pooling=mean", "--out", str(out), "--by", "category"])
     assert res.exit_code == 0, res.output

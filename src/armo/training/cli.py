@@ -248,6 +248,7 @@ def _print_accuracies(
         )
     Console(width=200).print(table)
     if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2))
 
 

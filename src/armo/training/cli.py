@@ -233,11 +233,14 @@ def _print_accuracies(
     nan = float("nan")
 
     def pm(acc: dict[str, float], key: str) -> str:
-        return f"{100 * acc.get(key, nan):+.1f} ± {100 * acc.get(key + '_se', nan):.1f}"
+        if key not in acc:  # the first row, which the others are paired with
+            return "—"
+        return f"{100 * acc[key]:+.1f} ± {100 * acc.get(key + '_se', nan):.1f}"
 
     groups = sorted({g for r in results.values() for g in r} - set(SUMMARY_KEYS))
     paired = any("vs_base" in r for r in results.values())
-    columns = ["balanced ± se", *(["vs (config), paired"] if paired else []), "all", *groups]
+    first = (next(iter(results)) or "(config)") if results else ""
+    columns = ["balanced ± se", *([f"vs {first}, paired"] if paired else []), "all", *groups]
     table = Table(what, *columns, title=f"{title} (ties 0.5)")
     for name, acc in results.items():
         table.add_row(

@@ -14,9 +14,7 @@ import time
 
 import torch
 
-from armo.model_store import packing
 from armo.training.config import load_config
-from armo.training.extract import save_atomic
 from armo.training.featurize import get_backbone
 from armo.training.layer_cache import bottom_view, layer_caches
 from armo.training.prepare import build_training_set
@@ -33,15 +31,7 @@ def main(config: str, worker: int, workers: int) -> None:
         bottom = bottom_view(backbone.model, cache.start)
         mine = [s for s in range(len(cache.shards)) if s % workers == worker and not cache.path(s).is_file()]
         for s in mine:
-            encoded, passes = cache.encoded(s)
-            out = {}
-            with torch.inference_mode():
-                for j, batch in enumerate(passes):
-                    units = [packing.Unit(encoded[b].prompt_ids, encoded[b].suffixes) for b in batch]
-                    hidden, _ = packing.forward(bottom, units)
-                    out[f"pass{j}"] = hidden.float()
-                    tokens += hidden.shape[0]
-            save_atomic(cache.path(s), out)
+            tokens += cache.build_shard(s, bottom)
             seconds = time.perf_counter() - started
             print(json.dumps({"job": cache.directory.name, "shard": s, "tokens": tokens, "seconds": round(seconds)}))
             sys.stdout.flush()

@@ -149,14 +149,7 @@ class LayerCache:
         )
         tokens, started = 0, time.perf_counter()
         for s in todo:
-            encoded, passes = self.encoded(s)
-            out: dict[str, Tensor] = {}
-            for j, batch in enumerate(passes):
-                units = [packing.Unit(encoded[b].prompt_ids, encoded[b].suffixes) for b in batch]
-                hidden, _ = packing.forward(bottom, units)
-                out[f"pass{j}"] = hidden.float()
-                tokens += hidden.shape[0]
-            save_atomic(self.path(s), out)
+            tokens += self.build_shard(s, bottom)
             bar.update(1)
             bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - started, 1e-9):.0f}")
         bar.close()
@@ -175,6 +168,20 @@ class LayerCache:
             )
             runs_file.write_text(json.dumps({"items": len(self.items), "runs": runs}, indent=2))
             log.info("layer cache: %d shards, %d tokens in %.0f s", len(todo), tokens, seconds)
+
+    @torch.inference_mode()
+    def build_shard(self, shard: int, bottom: PreTrainedModel) -> int:
+        """Compute and write one shard through `bottom` (`bottom_view(model, start)`); returns its tokens."""
+        encoded, passes = self.encoded(shard)
+        out: dict[str, Tensor] = {}
+        tokens = 0
+        for j, batch in enumerate(passes):
+            units = [packing.Unit(encoded[b].prompt_ids, encoded[b].suffixes) for b in batch]
+            hidden, _ = packing.forward(bottom, units)
+            out[f"pass{j}"] = hidden.float()
+            tokens += hidden.shape[0]
+        save_atomic(self.path(shard), out)
+        return tokens
 
     def complete(self) -> bool:
         return all(self.path(s).is_file() for s in range(len(self.shards)))

@@ -6,6 +6,7 @@ backbone exactly when the delta changes."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,7 @@ def stage0_config(cfg: TrainConfig, **stage0: object) -> TrainConfig:
         "stage0.rank": 4,
         "stage0.alpha": 8,
         "stage0.pairs_per_step": 4,
+        "stage0.head_warmup": False,
         "stage0.out_dir": str(Path(cfg.out_dir) / "stage0"),
         "data.split_by": "prompt",
         **{f"stage0.{k}": v for k, v in stage0.items()},
@@ -92,6 +94,22 @@ def test_stage0_lowers_the_bt_loss_and_exports_the_best_epoch(tuned: tuple[Train
     assert any(t.abs().max() > 0 for n, t in delta.tensors.items() if n.endswith(LORA_B))  # B starts at zero
     stats = json.loads((Path(cfg.stage0.out_dir) / "t" / "stage0.json").read_text())
     assert stats["wall_seconds"]["train"] > 0 and stats["start_layer"] == 0
+
+
+def test_the_warm_head_is_the_start_to_beat(tiny_config: TrainConfig) -> None:
+    start = tune(stage0_config(tiny_config, head_warmup=True, epochs=0), "warm", progress=False).report
+    (h0,) = start["history"]
+    # the frozen features already separate the toy answers from the refusals: the fitted head starts below ln 2
+    assert h0["epoch"] == 0 and start["best_epoch"] == 0 and h0["train_loss"] < 0.9 * math.log(2)
+    assert h0["l2"] in tiny_config.probes.weight_decays and h0["val"]["balanced"] > 0.5
+    delta = read_run_delta(Path(tiny_config.out_dir) / "stage0" / "warm" / DELTA_FILE)
+    assert all(not t.any() for n, t in delta.tensors.items() if n.endswith(LORA_B))  # epoch 0 is the frozen backbone
+
+    tuned = tune(stage0_config(tiny_config, head_warmup=True, epochs=2), "warm-tuned", progress=False).report
+    history = tuned["history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2] and history[0] == {**h0, "seconds": history[0]["seconds"]}
+    scores = [h["val"]["balanced"] for h in history]
+    assert tuned["best_epoch"] == scores.index(max(scores))  # an epoch must beat the start (ties keep the earlier)
 
 
 def test_a_killed_run_resumes_where_it_stopped(tiny_config: TrainConfig) -> None:

@@ -4,8 +4,11 @@ pairs, then hand the tuned backbone (as a delta) to the ArmoRM stages.
 ArmoRM starts from a Bradley-Terry reward model of its backbone and freezes it for the regression and gating stages;
 the heads read features that preference training already shaped. On two CPU cores we tune what is affordable:
 - the inputs of layer L−K are cached once for every token of the training set (`armo.training.layer_cache`);
-- each epoch runs only the top K layers on the cache, with LoRA adapters (peft) on their Linear layers and a scalar
-  reward head on the pooled response feature the artifact reads, BT loss −log σ(r_chosen − r_rejected);
+- the scalar reward head on the pooled response feature the artifact reads starts as the frozen backbone's linear BT
+  model (`stage0.head_warmup`), validated as epoch 0: tuning starts from a trained RM, as ArmoRM's does, and has to
+  beat it to change the backbone;
+- each epoch runs only the top K layers on the cache, with LoRA adapters (peft) on their Linear layers, the head
+  trained with them, BT loss −log σ(r_chosen − r_rejected);
 - validation pairs (the config's split, by prompt) never train; after each epoch their pair accuracy is measured
   and the best epoch is exported as the delta (`armo.model_store.delta`);
 - every epoch is a checkpoint (adapters, head, optimiser, scheduler, RNG): a killed run resumes at the next epoch.
@@ -36,39 +39,12 @@ from armo.model_store.manifest import BackboneDelta, Pooling, sha256_file
 from armo.training.config import BackboneTuneConfig, TrainConfig
 from armo.training.layer_cache import LayerCache, decoder_layers, layer_caches, run_top, top_view
 from armo.training.prepare import Dataset, part_bounds
+from armo.training.tune_batches import PassRef, make_batch, pass_index
 
 log = logging.getLogger(__name__)
 
 PEFT_MISSING = "stage 0 needs peft: pip install -e '.[train]' (or .[dev])"
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-@dataclass(frozen=True)
-class PassRef:
-    """One cached pass: which cache, shard and pass, and the pairs whose two responses it holds."""
-
-    cache: int
-    shard: int
-    index: int
-    pairs: tuple[int, ...]  # indices into the dataset's pairs
-
-
-def pass_index(caches: list[LayerCache], ds: Dataset, pairs: set[int]) -> list[PassRef]:
-    """Every cached pass that holds at least one of `pairs` (both sides of a pair share a prompt, hence a group,
-    hence a pass)."""
-    offsets = [a for a, _ in part_bounds(ds)]
-    by_item: dict[int, list[int]] = {}
-    for p in pairs:
-        by_item.setdefault(ds.pair_items[p][0], []).append(p)
-    out = []
-    for c, cache in enumerate(caches):
-        for s in range(len(cache.shards)):
-            for j in range(cache.pass_count(s)):
-                held = {offsets[c] + i for group in cache.pass_groups(s, j)[1] for i in group}
-                found = tuple(p for i in held for p in by_item.get(i, ()) if ds.pair_items[p][1] in held)
-                if found:
-                    out.append(PassRef(c, s, j, tuple(sorted(found))))
-    return out
 
 
 class RewardTuner(nn.Module):
@@ -125,44 +101,6 @@ class RewardTuner(nn.Module):
         return out
 
 
-def _sub_pass(hidden_in: Tensor, groups: list[Any], keep: list[int]) -> tuple[Tensor, list[Any]]:
-    """The pass restricted to groups `keep`: units sit end to end in the row, so their rows are sliced out."""
-    starts = [0]
-    for g in groups:
-        starts.append(starts[-1] + g.tokens)
-    rows = torch.cat([torch.arange(starts[k], starts[k + 1]) for k in keep])
-    return hidden_in[rows], [groups[k] for k in keep]
-
-
-@dataclass
-class Batch:
-    """A (sub-)pass ready for the tuner: its input rows, groups, and the output rows of each pair's two sides."""
-
-    hidden: Tensor
-    groups: list[Any]
-    chosen: Tensor  # [P] output rows
-    rejected: Tensor  # [P]
-    pairs: list[int]
-
-
-def make_batch(cache: LayerCache, ref: PassRef, ds: Dataset, offset: int, pairs: set[int]) -> Batch | None:
-    """The groups of a cached pass that hold `pairs`, and where each pair's sides come out."""
-    groups, items = cache.pass_groups(ref.shard, ref.index)
-    wanted = [p for p in ref.pairs if p in pairs]
-    if not wanted:
-        return None
-    group_of = {offset + i: k for k, group in enumerate(items) for i in group}
-    keep = sorted({group_of[ds.pair_items[p][0]] for p in wanted})
-    row: dict[int, int] = {}
-    for k in keep:  # output rows: the kept groups' responses, in order
-        for i in items[k]:
-            row[offset + i] = len(row)
-    hidden, sub = _sub_pass(cache.pass_input(ref.shard, ref.index), groups, keep)
-    chosen = torch.tensor([row[ds.pair_items[p][0]] for p in wanted])
-    rejected = torch.tensor([row[ds.pair_items[p][1]] for p in wanted])
-    return Batch(hidden, sub, chosen, rejected, wanted)
-
-
 @dataclass
 class Stage0Result:
     directory: Path
@@ -170,34 +108,62 @@ class Stage0Result:
     report: dict[str, Any]
 
 
-def _validate(
-    tuner: RewardTuner, caches: list[LayerCache], refs: list[PassRef], ds: Dataset, offsets: list[int]
-) -> dict[str, Any]:
-    from armo.training.metrics import balanced_mean
-    from armo.training.prepare import pair_group
-
+def _pair_diffs(
+    tuner: RewardTuner,
+    caches: list[LayerCache],
+    refs: list[PassRef],
+    ds: Dataset,
+    offsets: list[int],
+    desc: str | None = None,
+) -> tuple[list[int], Tensor]:
+    """The pairs of `refs` and their pooled-feature differences h_chosen − h_rejected [P, d] through the tuner's
+    top layers (no gradients). The head is linear, so a pair's reward margin is head.weight · diff. With `desc`, a
+    progress bar."""
     pairs = {p for r in refs for p in r.pairs}
-    wins: dict[int, float] = {}
+    ids: list[int] = []
+    diffs: list[Tensor] = []
     with torch.inference_mode():
-        for ref in refs:
+        for ref in tqdm(refs, desc=desc, unit="pass", disable=desc is None):
             b = make_batch(caches[ref.cache], ref, ds, offsets[ref.cache], pairs)
             if b is None:
                 continue
-            r = tuner.rewards(b.hidden, b.groups)
-            margin = r[b.chosen] - r[b.rejected]
-            for p, m in zip(b.pairs, margin.tolist(), strict=True):
-                wins[p] = 1.0 if m > 0 else 0.5 if m == 0 else 0.0
-    order = sorted(wins)
-    by_group, balanced, se = balanced_mean(
-        torch.tensor([wins[p] for p in order]).numpy(), [pair_group(ds.pairs[p]) for p in order]
-    )
+            h = run_top(tuner.top, b.hidden, b.groups).pooled(tuner.pooling)  # [outputs, d]
+            ids.extend(b.pairs)
+            diffs.append(h[b.chosen] - h[b.rejected])
+    return ids, torch.cat(diffs)
+
+
+def _validate(tuner: RewardTuner, ids: list[int], diffs: Tensor, ds: Dataset) -> dict[str, Any]:
+    from armo.training.metrics import balanced_mean
+    from armo.training.prepare import pair_group
+
+    with torch.inference_mode():
+        margin = (diffs @ tuner.head.weight[0]).numpy()  # [P]
+    wins = (margin > 0) + 0.5 * (margin == 0)
+    by_group, balanced, se = balanced_mean(wins, [pair_group(ds.pairs[p]) for p in ids])
     return {
-        "pairs": len(order),
+        "pairs": len(ids),
         "balanced": balanced,
         "balanced_se": se,
-        "all": sum(wins.values()) / len(order),
+        "all": float(wins.mean()),
         "groups": by_group,
     }
+
+
+def _warm_head(
+    tuner: RewardTuner, train: tuple[list[int], Tensor], val: tuple[list[int], Tensor], cfg: TrainConfig
+) -> tuple[float, float]:
+    """Fit the scalar head as the frozen backbone's linear BT model (the adapters start at zero, so the tuner's
+    features are the frozen ones): the probes' logistic regression, L2 picked on the validation pairs. Returns the
+    training pairs' mean BT loss at that start and the L2 chosen."""
+    from armo.training.objectives import fit_bt_probe
+
+    probe = fit_bt_probe("stage0-head", train[1].double().numpy(), val[1].double().numpy(), cfg.probes, "stage 0")
+    with torch.no_grad():
+        tuner.head.weight.copy_(torch.as_tensor(probe.w, dtype=torch.float32)[None])
+        tuner.head.bias.zero_()
+        margin = train[1] @ tuner.head.weight[0]
+    return float(nn.functional.softplus(-margin).mean()), probe.metrics["l2"]
 
 
 def _fingerprint(cfg: TrainConfig, ds: Dataset, start: int) -> dict[str, Any]:
@@ -280,6 +246,23 @@ def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: 
             },
         )
 
+    if s0.head_warmup and not state["history"]:  # epoch 0: the frozen backbone's BT model, the start to beat
+        t_warm = time.perf_counter()
+        tuner.eval()
+        bar = "stage 0 epoch 0: frozen features of the {} pairs" if progress else None
+        val_diffs = _pair_diffs(tuner, caches, val_refs, ds, offsets, bar and bar.format("validation"))
+        train_diffs = _pair_diffs(tuner, caches, train_refs, ds, offsets, bar and bar.format("training"))
+        warm_loss, l2 = _warm_head(tuner, train_diffs, val_diffs, cfg)
+        state["seconds"] += time.perf_counter() - t_warm
+        val = _validate(tuner, *val_diffs, ds)
+        state["history"].append(
+            {"epoch": 0, "train_loss": warm_loss, "l2": l2, "val": val, "seconds": round(state["seconds"], 1)}
+        )
+        state["best"] = state["history"][-1]
+        log.info("stage 0 epoch 0 (frozen, fitted head): validation balanced %.3f", state["best"]["val"]["balanced"])
+        _export(tuner, out, backbone)
+        checkpoint()
+
     done_passes = 0
     for epoch in range(state["epoch"], s0.epochs):
         order = list(train_refs)
@@ -332,7 +315,7 @@ def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: 
             bar.update(1)
         bar.close()
         tuner.eval()
-        val = _validate(tuner, caches, val_refs, ds, offsets)
+        val = _validate(tuner, *_pair_diffs(tuner, caches, val_refs, ds, offsets), ds)
         state["seconds"] += time.perf_counter() - t_epoch
         train_loss = epoch_loss / max(epoch_pairs, 1)  # mean BT loss over the epoch's pairs, as they were trained
         state["history"].append(

@@ -51,6 +51,15 @@ class BackboneTuneConfig:
     max_pairs: int = field(
         default=0, metadata={"help": "Train on at most this many training pairs (0: all); a seeded sample."}
     )
+    head_warmup: bool = field(
+        default=True,
+        metadata={
+            "help": "Start from the frozen backbone's Bradley-Terry model, as ArmoRM starts from a trained RM: the "
+            "scalar head is first fit on the frozen features of the training pairs (the probes' logistic regression, "
+            "L2 from probes.weight_decays on validation pairs) and that start is validated as epoch 0, so a run "
+            "whose epochs do not beat it exports a zero delta. Off: a random head, trained with the layers."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the adapters' initialisation and of the pair order."})
     out_dir: str = field(
         default="runs/backbone", metadata={"help": "Checkpoints, the delta and stage0.json per run name."}

@@ -166,6 +166,43 @@ def _warm_head(
     return float(nn.functional.softplus(-margin).mean()), probe.metrics["l2"]
 
 
+def _epoch_zero(
+    tuner: RewardTuner,
+    caches: list[LayerCache],
+    refs: tuple[list[PassRef], list[PassRef]],
+    ds: Dataset,
+    cfg: TrainConfig,
+    fingerprint: dict[str, Any],
+    progress: bool,
+) -> dict[str, Any]:
+    """Fit the head on the frozen features (`_warm_head`) and validate it: the history's epoch 0. The frozen
+    features do not depend on lr, rank, method or steps, so the fit is saved beside the runs (keyed by what it
+    does depend on) and every `--try` variant of one search reuses it instead of another forward over the pairs."""
+    import hashlib
+
+    s0 = cfg.stage0
+    key = {
+        **fingerprint,
+        "stage0": {k: fingerprint["stage0"][k] for k in ("layers", "cache_layers", "max_pairs", "seed")},
+        "l2": cfg.probes.weight_decays,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(s0.out_dir) / f"epoch0-{digest}.pt"
+    if path.is_file():
+        saved = torch.load(path, weights_only=False)
+        tuner.head.load_state_dict(saved["head"])
+        return dict(saved["entry"])
+    offsets = [a for a, _ in part_bounds(ds)]
+    tuner.eval()
+    bar = "stage 0 epoch 0: frozen features of the {} pairs" if progress else None
+    val_diffs = _pair_diffs(tuner, caches, refs[1], ds, offsets, bar and bar.format("validation"))
+    train_diffs = _pair_diffs(tuner, caches, refs[0], ds, offsets, bar and bar.format("training"))
+    warm_loss, l2 = _warm_head(tuner, train_diffs, val_diffs, cfg)
+    entry = {"epoch": 0, "train_loss": warm_loss, "l2": l2, "val": _validate(tuner, *val_diffs, ds)}
+    _save_checkpoint(path, {"head": tuner.head.state_dict(), "entry": entry})
+    return entry
+
+
 def _fingerprint(cfg: TrainConfig, ds: Dataset, start: int) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: the stage-0 settings (but not the epoch count, so a finished
     run can be continued), the cache's layer and the data."""
@@ -248,18 +285,11 @@ def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: 
 
     if s0.head_warmup and not state["history"]:  # epoch 0: the frozen backbone's BT model, the start to beat
         t_warm = time.perf_counter()
-        tuner.eval()
-        bar = "stage 0 epoch 0: frozen features of the {} pairs" if progress else None
-        val_diffs = _pair_diffs(tuner, caches, val_refs, ds, offsets, bar and bar.format("validation"))
-        train_diffs = _pair_diffs(tuner, caches, train_refs, ds, offsets, bar and bar.format("training"))
-        warm_loss, l2 = _warm_head(tuner, train_diffs, val_diffs, cfg)
+        entry = _epoch_zero(tuner, caches, (train_refs, val_refs), ds, cfg, fingerprint, progress)
         state["seconds"] += time.perf_counter() - t_warm
-        val = _validate(tuner, *val_diffs, ds)
-        state["history"].append(
-            {"epoch": 0, "train_loss": warm_loss, "l2": l2, "val": val, "seconds": round(state["seconds"], 1)}
-        )
+        state["history"].append({**entry, "seconds": round(state["seconds"], 1)})
         state["best"] = state["history"][-1]
-        log.info("stage 0 epoch 0 (frozen, fitted head): validation balanced %.3f", state["best"]["val"]["balanced"])
+        log.info("stage 0 epoch 0 (frozen, fitted head): validation balanced %.3f", entry["val"]["balanced"])
         _export(tuner, out, backbone)
         checkpoint()
 

@@ -24,8 +24,10 @@ from armo.model_store.store import ModelStore
 from armo.training.backbone_tuning import TARGETS, tune
 from armo.training.config import TrainConfig, load_config
 from armo.training.extract import run_extraction
-from armo.training.layer_cache import LayerCache, decoder_layers, top_view
+from armo.training.layer_cache import LayerCache, decoder_layers, layer_caches, top_view
 from armo.training.pipeline import run
+from armo.training.prepare import build_training_set
+from armo.training.tune_batches import make_batch, pass_index
 from tests.service.conftest import ADMIN, AUTH, CountingLoader, make_settings, serve
 
 ITEMS = [
@@ -112,6 +114,32 @@ def test_the_warm_head_is_the_start_to_beat(tiny_config: TrainConfig) -> None:
     assert [h["epoch"] for h in history] == [0, 1, 2] and history[0] == {**h0, "seconds": history[0]["seconds"]}
     scores = [h["val"]["balanced"] for h in history]
     assert tuned["best_epoch"] == scores.index(max(scores))  # an epoch must beat the start (ties keep the earlier)
+
+
+def test_a_pair_whose_sides_sit_in_two_extraction_parts_is_trained_through_both(
+    tiny_config: TrainConfig, tiny_backbone_dir: Path
+) -> None:
+    raw = tiny_config.to_dict()
+    raw["data"]["pair_sample"]["rmb/helpfulness"] = 2
+    # the grown sample's new RMB pairs repeat the base pairs' refusals, which are featurised once, in the base part
+    raw["data"]["extensions"] = [{"pair_sample": {"rmb/helpfulness": 8}}]
+    cfg = stage0_config(load_config(None, raw), epochs=1)
+    report = tune(cfg, "two-part", progress=False).report
+    assert report["two_pass_pairs"]["train"] + report["two_pass_pairs"]["val"] > 0
+    assert report["history"][-1]["val"]["pairs"] == report["val_pairs"]  # no pair left out
+
+    base = load_backbone(str(tiny_backbone_dir))
+    ds = build_training_set(cfg.data)
+    caches = layer_caches(cfg, ds, base)
+    refs = [r for r in pass_index(caches, ds, set(range(len(ds.pairs)))) if len(r.passes) == 2]
+    assert refs and all(len({c for c, _, _ in r.passes}) == 2 for r in refs)  # two parts, two caches
+    b = make_batch(caches, refs[0], ds, set(refs[0].pairs))
+    assert b is not None
+    got = b.pooled(top_view(base.model, torch.nn.ModuleList(decoder_layers(base.model))), cfg.pooling)
+    items = [ds.items[ds.pair_items[p][k]] for k in (0, 1) for p in b.pairs]
+    full = run_extraction(base, items, name="check", cache_root=Path(cfg.cache_dir) / "check", cfg=cfg.extract)
+    want = full.response if cfg.pooling == "last" else full.response_mean
+    torch.testing.assert_close(torch.cat([got[b.chosen], got[b.rejected]]), want, atol=1e-5, rtol=1e-5)
 
 
 def test_a_killed_run_resumes_where_it_stopped(tiny_config: TrainConfig) -> None:

@@ -37,9 +37,9 @@ from armo.model_store.backbone import Backbone
 from armo.model_store.delta import DELTA_FILE, LORA_A, LORA_B, RUN_DELTA_ENTRY
 from armo.model_store.manifest import BackboneDelta, Pooling, sha256_file
 from armo.training.config import BackboneTuneConfig, TrainConfig
-from armo.training.layer_cache import LayerCache, decoder_layers, layer_caches, run_top, top_view
-from armo.training.prepare import Dataset, part_bounds
-from armo.training.tune_batches import PassRef, make_batch, pass_index
+from armo.training.layer_cache import LayerCache, decoder_layers, layer_caches, top_view
+from armo.training.prepare import Dataset
+from armo.training.tune_batches import Batch, PassRef, make_batch, pair_diffs, pass_index
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,9 @@ class RewardTuner(nn.Module):
     def trainable(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
-    def rewards(self, hidden_in: Tensor, groups: list[Any]) -> Tensor:
-        """[outputs] rewards of a (sub-)pass's responses, rows in group order."""
-        return self.head(run_top(self.top, hidden_in, groups).pooled(self.pooling)).squeeze(-1)
+    def rewards(self, batch: Batch) -> Tensor:
+        """[outputs] rewards of a unit's responses, rows in pass and group order."""
+        return self.head(batch.pooled(self.top, self.pooling)).squeeze(-1)
 
     def delta_tensors(self) -> dict[str, Tensor]:
         """The delta in the base model's parameter names (armo.model_store.delta)."""
@@ -106,31 +106,6 @@ class Stage0Result:
     directory: Path
     delta: Path
     report: dict[str, Any]
-
-
-def _pair_diffs(
-    tuner: RewardTuner,
-    caches: list[LayerCache],
-    refs: list[PassRef],
-    ds: Dataset,
-    offsets: list[int],
-    desc: str | None = None,
-) -> tuple[list[int], Tensor]:
-    """The pairs of `refs` and their pooled-feature differences h_chosen − h_rejected [P, d] through the tuner's
-    top layers (no gradients). The head is linear, so a pair's reward margin is head.weight · diff. With `desc`, a
-    progress bar."""
-    pairs = {p for r in refs for p in r.pairs}
-    ids: list[int] = []
-    diffs: list[Tensor] = []
-    with torch.inference_mode():
-        for ref in tqdm(refs, desc=desc, unit="pass", disable=desc is None):
-            b = make_batch(caches[ref.cache], ref, ds, offsets[ref.cache], pairs)
-            if b is None:
-                continue
-            h = run_top(tuner.top, b.hidden, b.groups).pooled(tuner.pooling)  # [outputs, d]
-            ids.extend(b.pairs)
-            diffs.append(h[b.chosen] - h[b.rejected])
-    return ids, torch.cat(diffs)
 
 
 def _validate(tuner: RewardTuner, ids: list[int], diffs: Tensor, ds: Dataset) -> dict[str, Any]:
@@ -192,11 +167,10 @@ def _epoch_zero(
         saved = torch.load(path, weights_only=False)
         tuner.head.load_state_dict(saved["head"])
         return dict(saved["entry"])
-    offsets = [a for a, _ in part_bounds(ds)]
     tuner.eval()
     bar = "stage 0 epoch 0: frozen features of the {} pairs" if progress else None
-    val_diffs = _pair_diffs(tuner, caches, refs[1], ds, offsets, bar and bar.format("validation"))
-    train_diffs = _pair_diffs(tuner, caches, refs[0], ds, offsets, bar and bar.format("training"))
+    val_diffs = pair_diffs(tuner.top, tuner.pooling, caches, refs[1], ds, bar and bar.format("validation"))
+    train_diffs = pair_diffs(tuner.top, tuner.pooling, caches, refs[0], ds, bar and bar.format("training"))
     warm_loss, l2 = _warm_head(tuner, train_diffs, val_diffs, cfg)
     entry = {"epoch": 0, "train_loss": warm_loss, "l2": l2, "val": _validate(tuner, *val_diffs, ds)}
     _save_checkpoint(path, {"head": tuner.head.state_dict(), "entry": entry})
@@ -209,6 +183,7 @@ def _fingerprint(cfg: TrainConfig, ds: Dataset, start: int) -> dict[str, Any]:
     s0 = {k: v for k, v in asdict(cfg.stage0).items() if k not in {"epochs", "out_dir", "delta"}}
     return {
         "stage0": s0,
+        "units": "pairs across parts",  # checkpoints from before two-pass units trained on fewer pairs
         "start": start,
         "pooling": cfg.pooling,
         "data": ds.data_hashes,
@@ -242,13 +217,17 @@ def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: 
     for cache in caches:
         cache.build(progress)
     cache_seconds = time.perf_counter() - started
-    offsets = [a for a, _ in part_bounds(ds)]
     train = [p for p, v in enumerate(ds.pair_val) if not v]
     if s0.max_pairs and len(train) > s0.max_pairs:
         train = sorted(random.Random(s0.seed).sample(train, s0.max_pairs))
     train_set = set(train)
     train_refs = pass_index(caches, ds, train_set)
-    val_refs = pass_index(caches, ds, {p for p, v in enumerate(ds.pair_val) if v})
+    val_pairs = {p for p, v in enumerate(ds.pair_val) if v}
+    val_refs = pass_index(caches, ds, val_pairs)
+    two_pass = {
+        split: sum(len(r.pairs) for r in refs if len(r.passes) > 1)
+        for split, refs in (("train", train_refs), ("val", val_refs))
+    }
 
     torch.manual_seed(s0.seed)
     tuner = RewardTuner(backbone, caches[0].start, s0, cfg.pooling)
@@ -315,15 +294,15 @@ def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: 
                 bar.close()
                 raise RuntimeError(f"stage 0 stopped after {done_passes} pass(es) (max_passes)")
             ref = order[position]
-            b = make_batch(caches[ref.cache], ref, ds, offsets[ref.cache], train_set)
+            b = make_batch(caches, ref, ds, train_set)
             if b is not None:
-                r = tuner.rewards(b.hidden, b.groups)
+                r = tuner.rewards(b)
                 loss = nn.functional.softplus(r[b.rejected] - r[b.chosen]).sum()  # −log σ(r_c − r_r)
                 (loss / s0.pairs_per_step).backward()
                 seen += len(b.pairs)
                 loss_sum += loss.item()
                 epoch_loss, epoch_pairs = epoch_loss + loss.item(), epoch_pairs + len(b.pairs)
-                tokens += b.hidden.shape[0]
+                tokens += b.tokens
             last = position == len(order) - 1
             if seen >= s0.pairs_per_step or (last and seen):
                 nn.utils.clip_grad_norm_(tuner.trainable(), 1.0)
@@ -345,7 +324,7 @@ def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: 
             bar.update(1)
         bar.close()
         tuner.eval()
-        val = _validate(tuner, *_pair_diffs(tuner, caches, val_refs, ds, offsets), ds)
+        val = _validate(tuner, *pair_diffs(tuner.top, tuner.pooling, caches, val_refs, ds), ds)
         state["seconds"] += time.perf_counter() - t_epoch
         train_loss = epoch_loss / max(epoch_pairs, 1)  # mean BT loss over the epoch's pairs, as they were trained
         state["history"].append(
@@ -363,7 +342,8 @@ def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: 
         "config": asdict(s0),
         "start_layer": caches[0].start,
         "train_pairs": len(train),
-        "val_pairs": state["best"]["val"]["pairs"],
+        "val_pairs": len(val_pairs),
+        "two_pass_pairs": two_pass,  # sides in two extraction parts: run through both parts' passes
         "history": state["history"],
         "best_epoch": state["best"]["epoch"],
         "wall_seconds": {

@@ -1,6 +1,6 @@
-"""Stage 0's batches: which cached passes of the layer cache hold which training or validation pairs, and the
+"""Stage 0's batches: which cached passes of the layer cache hold which training or validation pairs, the
 (sub-)pass cut from one for the tuner — only the prompt groups that hold wanted pairs, and where each pair's two
-responses come out."""
+responses come out — and the pairs' feature differences through the top layers."""
 
 from __future__ import annotations
 
@@ -9,37 +9,41 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
+from transformers import PreTrainedModel
 
-from armo.training.layer_cache import LayerCache
+from armo.model_store.manifest import Pooling
+from armo.training.layer_cache import LayerCache, run_top
 from armo.training.prepare import Dataset, part_bounds
+
+PassKey = tuple[int, int, int]  # (cache, shard, pass)
 
 
 @dataclass(frozen=True)
 class PassRef:
-    """One cached pass: which cache, shard and pass, and the pairs whose two responses it holds."""
+    """One unit of stage 0: the cached pass(es) that hold both responses of `pairs`. Usually one pass: a pair's
+    sides share a prompt, hence a group. Two when a pair's sides sit in different extraction parts (a response is
+    featurised once, in the first part that has it, so a later part's pair can reuse one side of an earlier part's:
+    18 % of v0.6.1's pairs); the prompt then has a group in each part's pass."""
 
-    cache: int
-    shard: int
-    index: int
+    passes: tuple[PassKey, ...]
     pairs: tuple[int, ...]  # indices into the dataset's pairs
 
 
 def pass_index(caches: list[LayerCache], ds: Dataset, pairs: set[int]) -> list[PassRef]:
-    """Every cached pass that holds at least one of `pairs` (both sides of a pair share a prompt, hence a group,
-    hence a pass)."""
+    """Every unit (one or two cached passes) that holds both sides of at least one of `pairs`; each pair in one."""
     offsets = [a for a, _ in part_bounds(ds)]
-    by_item: dict[int, list[int]] = {}
-    for p in pairs:
-        by_item.setdefault(ds.pair_items[p][0], []).append(p)
-    out = []
+    where: dict[int, PassKey] = {}  # item → its pass
     for c, cache in enumerate(caches):
         for s in range(len(cache.shards)):
             for j in range(cache.pass_count(s)):
-                held = {offsets[c] + i for group in cache.pass_groups(s, j)[1] for i in group}
-                found = tuple(p for i in held for p in by_item.get(i, ()) if ds.pair_items[p][1] in held)
-                if found:
-                    out.append(PassRef(c, s, j, tuple(sorted(found))))
-    return out
+                for group in cache.pass_groups(s, j)[1]:
+                    where.update((offsets[c] + i, (c, s, j)) for i in group)
+    units: dict[tuple[PassKey, ...], list[int]] = {}
+    for p in sorted(pairs):
+        chosen, rejected = ds.pair_items[p]
+        units.setdefault(tuple(sorted({where[chosen], where[rejected]})), []).append(p)
+    return [PassRef(key, tuple(found)) for key, found in sorted(units.items())]
 
 
 def _sub_pass(hidden_in: Tensor, groups: list[Any], keep: list[int]) -> tuple[Tensor, list[Any]]:
@@ -53,28 +57,64 @@ def _sub_pass(hidden_in: Tensor, groups: list[Any], keep: list[int]) -> tuple[Te
 
 @dataclass
 class Batch:
-    """A (sub-)pass ready for the tuner: its input rows, groups, and the output rows of each pair's two sides."""
+    """A unit ready for the tuner: per cached pass, its input rows and kept groups; the output rows (counted across
+    the passes in order) of each pair's two sides."""
 
-    hidden: Tensor
-    groups: list[Any]
+    subs: list[tuple[Tensor, list[Any]]]  # ([tokens, d] layer input, groups) per pass
     chosen: Tensor  # [P] output rows
     rejected: Tensor  # [P]
     pairs: list[int]
 
+    @property
+    def tokens(self) -> int:
+        return sum(h.shape[0] for h, _ in self.subs)
 
-def make_batch(cache: LayerCache, ref: PassRef, ds: Dataset, offset: int, pairs: set[int]) -> Batch | None:
-    """The groups of a cached pass that hold `pairs`, and where each pair's sides come out."""
-    groups, items = cache.pass_groups(ref.shard, ref.index)
+    def pooled(self, top: PreTrainedModel, pooling: Pooling) -> Tensor:
+        """[outputs, d] the responses' pooled features through `top`, passes concatenated."""
+        return torch.cat([run_top(top, h, groups).pooled(pooling) for h, groups in self.subs])
+
+
+def make_batch(caches: list[LayerCache], ref: PassRef, ds: Dataset, pairs: set[int]) -> Batch | None:
+    """The groups of the unit's passes that hold `pairs`' responses, and where each pair's sides come out."""
     wanted = [p for p in ref.pairs if p in pairs]
     if not wanted:
         return None
-    group_of = {offset + i: k for k, group in enumerate(items) for i in group}
-    keep = sorted({group_of[ds.pair_items[p][0]] for p in wanted})
+    offsets = [a for a, _ in part_bounds(ds)]
+    sides = {i for p in wanted for i in ds.pair_items[p]}
     row: dict[int, int] = {}
-    for k in keep:  # output rows: the kept groups' responses, in order
-        for i in items[k]:
-            row[offset + i] = len(row)
-    hidden, sub = _sub_pass(cache.pass_input(ref.shard, ref.index), groups, keep)
+    subs = []
+    for c, s, j in ref.passes:
+        groups, items = caches[c].pass_groups(s, j)
+        keep = [k for k, group in enumerate(items) if sides.intersection(offsets[c] + i for i in group)]
+        for k in keep:  # output rows: the kept groups' responses, in order
+            for i in items[k]:
+                row[offsets[c] + i] = len(row)
+        subs.append(_sub_pass(caches[c].pass_input(s, j), groups, keep))
     chosen = torch.tensor([row[ds.pair_items[p][0]] for p in wanted])
     rejected = torch.tensor([row[ds.pair_items[p][1]] for p in wanted])
-    return Batch(hidden, sub, chosen, rejected, wanted)
+    return Batch(subs, chosen, rejected, wanted)
+
+
+def pair_diffs(
+    top: PreTrainedModel,
+    pooling: Pooling,
+    caches: list[LayerCache],
+    refs: list[PassRef],
+    ds: Dataset,
+    desc: str | None = None,
+) -> tuple[list[int], Tensor]:
+    """The pairs of `refs` and their pooled-feature differences h_chosen − h_rejected [P, d] through `top` (the
+    tuner's layers; no gradients). A linear head's reward margin is then head.weight · diff. With `desc`, a
+    progress bar."""
+    pairs = {p for r in refs for p in r.pairs}
+    ids: list[int] = []
+    diffs: list[Tensor] = []
+    with torch.inference_mode():
+        for ref in tqdm(refs, desc=desc, unit="pass", disable=desc is None):
+            b = make_batch(caches, ref, ds, pairs)
+            if b is None:
+                continue
+            h = b.pooled(top, pooling)  # [outputs, d]
+            ids.extend(b.pairs)
+            diffs.append(h[b.chosen] - h[b.rejected])
+    return ids, torch.cat(diffs)

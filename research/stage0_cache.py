@@ -23,7 +23,7 @@ from armo.training.prepare import build_training_set
 def main(config: str, worker: int, workers: int) -> None:
     cfg = load_config(config)
     torch.set_num_threads(1)
-    backbone = get_backbone(cfg.backbone)
+    backbone = get_backbone(cfg.backbone, device=cfg.device)
     ds = build_training_set(cfg.data)
     started, tokens = time.perf_counter(), 0
     for cache in layer_caches(cfg, ds, backbone):

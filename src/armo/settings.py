@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from armo.model_store.devices import check_device
 from armo.model_store.errors import VLLM_SETUP
 from armo.model_store.store import BUNDLED_ROOT, DEFAULT_ALIAS, DEFAULT_MODEL
 
@@ -24,8 +24,6 @@ if TYPE_CHECKING:  # the parts import torch; settings stay importable without it
     from armo.model_store.reward_model import ScoringConfig
     from armo.service.batcher import BatcherConfig
     from armo.service.scoring import Limits
-
-_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
 
 class Settings(BaseSettings):
@@ -209,9 +207,7 @@ class Settings(BaseSettings):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if not _DEVICE.match(value):
-            raise ValueError(f"device must be cpu, cuda, cuda:N or mps, got {value!r}")
-        return value
+        return check_device(value)
 
     @model_validator(mode="after")
     def _dtype_fits_device(self) -> Settings:

@@ -24,6 +24,7 @@ from armo.model_store.store import ModelStore
 from armo.training.backbone_tuning import TARGETS, tune
 from armo.training.config import TrainConfig, load_config
 from armo.training.extract import run_extraction
+from armo.training.featurize import load_features
 from armo.training.layer_cache import LayerCache, decoder_layers, layer_caches, top_view
 from armo.training.pipeline import run
 from armo.training.prepare import build_training_set
@@ -313,3 +314,36 @@ async def test_the_service_reloads_the_backbone_only_when_the_delta_changes(
         base_score = (await client.post("/v1/score", json=_score_body(ITEMS[0]), headers=AUTH)).json()
         assert base_score["results"][0]["score"] != pytest.approx(tuned_score["results"][0]["score"], abs=1e-3)
     assert len(loader.calls) == 2  # the first load and v3's; v2 reused the tuned backbone
+
+
+def _on(cfg: TrainConfig, device: str, root: Path) -> TrainConfig:
+    """`cfg` on `device` with caches and runs of its own, so nothing computed on the other device is reused."""
+    raw = cfg.to_dict()
+    raw.update(device=device, cache_dir=str(root / device / "features"), out_dir=str(root / device / "runs"))
+    raw["stage0"]["out_dir"] = str(root / device / "stage0")
+    return load_config(None, raw)
+
+
+@pytest.mark.cuda
+def test_stage0_and_its_features_on_cuda_match_the_cpu(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    """The same commands on a GPU (`device=cuda`): the layer cache, the BT epochs, the features read through the
+    tuned top layers and stages 1-3 on them agree with the CPU run up to float rounding (fp32 on both)."""
+    runs, features, heads = {}, {}, {}
+    for device in ("cpu", "cuda"):
+        cfg = _on(stage0_config(tiny_config, epochs=1, head_warmup=True), device, tmp_path)
+        runs[device] = tune(cfg, "t", progress=False)
+        cfg.stage0.delta = str(runs[device].delta)
+        features[device] = load_features(cfg, None, with_eval=False).table
+        cfg.evaluate = False
+        heads[device] = run(cfg, "heads").report["val_pair_accuracy"]
+    cpu, gpu = (runs[d].report["history"] for d in ("cpu", "cuda"))
+    assert [h["train_loss"] for h in gpu] == pytest.approx([h["train_loss"] for h in cpu], rel=1e-3)
+    a, b = load_file(str(runs["cpu"].delta)), load_file(str(runs["cuda"].delta))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=2e-3, rtol=1e-2)
+    for column in ("response", "response_mean", "prompt"):
+        got, want = getattr(features["cuda"], column), getattr(features["cpu"], column)
+        assert got.device.type == "cpu"  # features are cached on the CPU whatever the backbone's device
+        torch.testing.assert_close(got, want, atol=2e-3, rtol=1e-3)
+    assert heads["cuda"]["balanced"] == pytest.approx(heads["cpu"]["balanced"], abs=0.05)

@@ -66,3 +66,10 @@ def test_train_cv_writes_paired_differences(tiny_config: TrainConfig, tmp_path: 
         row["pooling=mean vs"] == pytest.approx(results["pooling=mean"][g] - results[""][g]) for g, row in by.items()
     )
     assert "by label" in res.output and "#1: pooling=mean" in res.output
+
+
+def test_ray_gpus_need_a_gpu_device(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    cfg_path = tmp_path / "config.json"
+    cfg_path.write_text(json.dumps(tiny_config.to_dict()))
+    res = CliRunner().invoke(app, ["train", "extract", "--config", str(cfg_path), "--ray", "--gpus-per-actor", "1"])
+    assert res.exit_code == 2 and "device=cuda" in res.output, res.output

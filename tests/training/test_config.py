@@ -121,3 +121,13 @@ def test_rule_objectives_and_their_signs_are_a_config_switch() -> None:
         load_config(None, {"objectives.negated_rules": {"nope": "yes"}})
     with pytest.raises(ValueError, match="collide"):
         load_config(None, {"objectives.negated_rules": {"refusal": "markdown"}})
+
+
+def test_the_device_is_checked_as_the_services_is() -> None:
+    from armo.settings import Settings
+
+    assert load_config(None, {"device": "cuda:1"}).device == "cuda:1"
+    with pytest.raises(ValueError, match=r"device must be cpu, cuda, cuda:N or mps, got 'gpu'"):
+        load_config(None, {"device": "gpu"})
+    with pytest.raises(ValueError, match=r"device must be cpu, cuda, cuda:N or mps, got 'gpu'"):
+        Settings(device="gpu")

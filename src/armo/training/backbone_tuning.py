@@ -13,7 +13,9 @@ the heads read features that preference training already shaped. On two CPU core
   and the best epoch is exported as the delta (`armo.model_store.delta`);
 - every epoch is a checkpoint (adapters, head, optimiser, scheduler, RNG): a killed run resumes at the next epoch.
 The scalar head is thrown away, as ArmoRM throws away its BT head: the heads of stages 1-3 are fit on the tuned
-features. On a GPU the same command tunes more layers (`stage0.layers`, up to all of them).
+features. On a GPU (`--set device=cuda`: the cache, the epochs and the features through the tuned layers run there, in
+fp32, and agree with the CPU run up to float rounding) the same command tunes more layers (`stage0.layers`, up to
+all of them, with `stage0.cache_layers` as many: the cache then holds the embeddings).
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class RewardTuner(nn.Module):
         self.head = nn.Linear(backbone.hidden_size, 1)
         nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(backbone.hidden_size))
         nn.init.zeros_(self.head.bias)
+        self.head.to(backbone.device)  # the layers are copies of the backbone's, on its device already
 
     def trainable(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -113,7 +116,7 @@ def _validate(tuner: RewardTuner, ids: list[int], diffs: Tensor, ds: Dataset) ->
     from armo.training.prepare import pair_group
 
     with torch.inference_mode():
-        margin = (diffs @ tuner.head.weight[0]).numpy()  # [P]
+        margin = (diffs @ tuner.head.weight[0].cpu()).numpy()  # [P]
     wins = (margin > 0) + 0.5 * (margin == 0)
     by_group, balanced, se = balanced_mean(wins, [pair_group(ds.pairs[p]) for p in ids])
     return {
@@ -137,7 +140,7 @@ def _warm_head(
     with torch.no_grad():
         tuner.head.weight.copy_(torch.as_tensor(probe.w, dtype=torch.float32)[None])
         tuner.head.bias.zero_()
-        margin = train[1] @ tuner.head.weight[0]
+        margin = train[1] @ tuner.head.weight[0].cpu()
     return float(nn.functional.softplus(-margin).mean()), probe.metrics["l2"]
 
 
@@ -211,7 +214,7 @@ def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: 
     started = time.perf_counter()
     if cfg.extract.threads:
         torch.set_num_threads(cfg.extract.threads)
-    backbone = get_backbone(cfg.backbone)
+    backbone = get_backbone(cfg.backbone, device=cfg.device)
     ds = build_training_set(cfg.data)
     caches = layer_caches(cfg, ds, backbone)
     for cache in caches:
@@ -359,7 +362,7 @@ def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: 
 
 def _export(tuner: RewardTuner, out: Path, backbone: Backbone) -> None:
     """Write the delta file and its manifest entry (delta.json) atomically."""
-    tensors = {k: v.contiguous() for k, v in tuner.delta_tensors().items()}
+    tensors = {k: v.contiguous().cpu() for k, v in tuner.delta_tensors().items()}
     path = out / DELTA_FILE
     atomic.write_file(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     ref = BackboneDelta(

@@ -74,7 +74,11 @@ def train_extract(
         from armo.ray_pool import Pool
         from armo.training.on_ray import ray_pool
 
-        pool = ray_pool(cfg.backbone, Pool(actors, threads_per_actor, gpus_per_actor, ray_address))
+        if gpus_per_actor and cfg.device == "cpu":
+            raise typer.BadParameter(
+                "GPUs per actor need a GPU device: add --set device=cuda", param_hint="--gpus-per-actor"
+            )
+        pool = ray_pool(cfg.backbone, Pool(actors, threads_per_actor, gpus_per_actor, ray_address), cfg.device)
     _, seconds = featurize(cfg, ds, name, only_part=part, pool=pool)
     typer.echo(f"{name}: {len(ds.items)} responses featurised in {seconds:.0f} s")
 
@@ -335,7 +339,7 @@ def eval_command(
     models = ModelStore(store)
     manifest, head = models.load(model, version)
     if quantize == "none":
-        backbone = artifact_backbone(cfg.backbone, models, manifest)
+        backbone = artifact_backbone(cfg.backbone, models, manifest, cfg.device)
     elif quantize in get_args(Quantize):  # the cache key does not see quantisation: own directory per mode/scheme
         cfg = _config(config, [*(sets or []), f"cache_dir={Path(cfg.cache_dir) / quantize / SCHEME}"])
         delta = read_delta(models.version_dir(model, manifest.version), manifest.backbone_delta)

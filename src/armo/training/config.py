@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from armo.model_store.devices import check_device
 from armo.model_store.heads import GatingConfig
 from armo.model_store.manifest import Pooling
 from armo.model_store.rules import RULES
@@ -319,6 +320,14 @@ class TrainConfig:
     backbone: str = field(
         default="embedded", metadata={"help": "Backbone: 'embedded' (SmolLM2), a local directory or a hub id."}
     )
+    device: str = field(
+        default="cpu",
+        metadata={
+            "help": "Torch device of the jobs' backbone passes (extraction, the stage-0 layer cache and tuning, "
+            "evaluation): cpu, cuda, cuda:N or mps. Always fp32, so features agree across devices up to float "
+            "rounding: the caches on disk are keyed by backbone, data and cap, not device; heads are fit on the CPU."
+        },
+    )
     pooling: Pooling = field(
         default="last",
         metadata={
@@ -356,6 +365,7 @@ class TrainConfig:
     plots: bool = field(default=True, metadata={"help": "Write the evaluation plots."})
 
     def __post_init__(self) -> None:
+        check_device(self.device)
         if self.pooling not in get_args(Pooling):
             raise ValueError(f"pooling must be one of {', '.join(get_args(Pooling))}, got {self.pooling!r}")
 

@@ -188,7 +188,7 @@ def compute_shard(
         feats = forward_groups(backbone, chosen) if forward is None else forward(j, chosen)
         rows = [j for b in batch for j in range(starts[b], starts[b + 1])]
         for c, values in columns.items():
-            values[rows] = getattr(feats, c)
+            values[rows] = getattr(feats, c).cpu()  # the cache lives on the CPU whatever the backbone's device
         tokens += sum(encoded[b].tokens for b in batch)
         if on_pass is not None:
             on_pass(len(rows), tokens)

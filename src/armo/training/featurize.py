@@ -17,30 +17,32 @@ from armo.training.extract import FeatureTable, ShardPool, run_extraction
 from armo.training.layer_cache import cached_pools
 from armo.training.prepare import Dataset, build_eval_set, build_training_set, part_bounds
 
-_BACKBONES: dict[tuple[str, str], Backbone] = {}
+_BACKBONES: dict[tuple[str, str, str], Backbone] = {}
 
 
-def get_backbone(spec: str, delta: str = "") -> Backbone:
-    """`spec` loaded once per process; with `delta` (a stage-0 delta file) merged into it."""
-    if (spec, delta) not in _BACKBONES:
-        _BACKBONES[spec, delta] = load_backbone(spec, delta=read_run_delta(Path(delta)) if delta else None)
-    return _BACKBONES[spec, delta]
+def get_backbone(spec: str, delta: str = "", device: str = "cpu") -> Backbone:
+    """`spec` loaded once per process and device; with `delta` (a stage-0 delta file) merged into it."""
+    if (spec, delta, device) not in _BACKBONES:
+        loaded = read_run_delta(Path(delta)) if delta else None
+        _BACKBONES[spec, delta, device] = load_backbone(spec, delta=loaded, device=device)
+    return _BACKBONES[spec, delta, device]
 
 
-def artifact_backbone(spec: str, store: ModelStore, manifest: Manifest) -> Backbone:
+def artifact_backbone(spec: str, store: ModelStore, manifest: Manifest, device: str = "cpu") -> Backbone:
     """The backbone a published artifact scores with: `spec`, with the artifact's delta merged when it has one."""
     if manifest.backbone_delta is None:
-        return get_backbone(spec)
-    key = (spec, f"artifact:{manifest.backbone_delta.sha256}")
+        return get_backbone(spec, device=device)
+    key = (spec, f"artifact:{manifest.backbone_delta.sha256}", device)
     if key not in _BACKBONES:
         delta = read_delta(store.version_dir(manifest.model, manifest.version), manifest.backbone_delta)
-        _BACKBONES[key] = load_backbone(spec, delta=delta)
+        _BACKBONES[key] = load_backbone(spec, delta=delta, device=device)
     return _BACKBONES[key]
 
 
 def run_backbone(cfg: TrainConfig) -> Backbone:
-    """The backbone a run's stages read: the configured one, reward-tuned by `stage0.delta` when set."""
-    return get_backbone(cfg.backbone, cfg.stage0.delta)
+    """The backbone a run's stages read: the configured one on the configured device, reward-tuned by
+    `stage0.delta` when set."""
+    return get_backbone(cfg.backbone, cfg.stage0.delta, cfg.device)
 
 
 def featurize(

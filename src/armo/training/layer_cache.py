@@ -178,7 +178,7 @@ class LayerCache:
         for j, batch in enumerate(passes):
             units = [packing.Unit(encoded[b].prompt_ids, encoded[b].suffixes) for b in batch]
             hidden, _ = packing.forward(bottom, units)
-            out[f"pass{j}"] = hidden.float()
+            out[f"pass{j}"] = hidden.float().cpu()
             tokens += hidden.shape[0]
         save_atomic(self.path(shard), out)
         return tokens
@@ -203,8 +203,9 @@ class LayerCache:
         return len(self.encoded(shard)[1])
 
     def pass_input(self, shard: int, index: int) -> Tensor:
-        """The cached input hidden states [N, d] of one pass (read alone from the shard file)."""
-        with safe_open(str(self.path(shard)), framework="pt") as f:
+        """The cached input hidden states [N, d] of one pass (read alone from the shard file), on the backbone's
+        device."""
+        with safe_open(str(self.path(shard)), framework="pt", device=str(self.backbone.device)) as f:
             return f.get_tensor(f"pass{index}")
 
     def serves(self, backbone: Backbone) -> bool:
@@ -231,7 +232,7 @@ class LayerCache:
             for s, groups in todo.items():
                 if groups != self.shard_groups(s):
                     raise RuntimeError(f"feature shard {s} is not the layer cache's shard {s}")
-                tensors = load_file(str(self.path(s)))
+                tensors = load_file(str(self.path(s)), device=str(self.backbone.device))
 
                 def forward(j: int, chosen: list[EncodedGroup], tensors: dict[str, Tensor] = tensors) -> Features:
                     with torch.inference_mode():

@@ -87,7 +87,7 @@ def validation_accuracy(cfg: TrainConfig, versions: list[str], store: Path) -> d
                 "its training pairs"
             )
         # Each artifact reads its own backbone's features (a reward-tuned one has its own).
-        backbone = artifact_backbone(cfg.backbone, models, manifest)
+        backbone = artifact_backbone(cfg.backbone, models, manifest, cfg.device)
         f = load_features(cfg, backbone, with_eval=False)
         scores, _, _ = score_items(RewardModel(backbone, head, manifest), f.train, f.table)
         margin = scores[chosen] - scores[rejected]

@@ -20,11 +20,12 @@ from armo.training.extract import Group, ShardPool, compute_shard
 class ShardExtractor:
     """A Ray Data actor: loads the backbone once; each call computes whole shards."""
 
-    def __init__(self, backbone: str, cfg: dict[str, Any], threads: int) -> None:
+    def __init__(self, backbone: str, cfg: dict[str, Any], threads: int, device: str) -> None:
         from armo.model_store.backbone import load_backbone
 
         torch.set_num_threads(threads)
-        self.backbone = load_backbone(backbone)
+        # Ray gives an actor with GPUs its own CUDA_VISIBLE_DEVICES, so `cuda` is that actor's GPU.
+        self.backbone = load_backbone(backbone, device=device)
         self.cfg = ExtractConfig(**cfg)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -39,15 +40,16 @@ class ShardExtractor:
         return out
 
 
-def ray_pool(backbone: str, pool: Pool) -> ShardPool:
-    """A `ShardPool` for `run_extraction(..., pool=...)` (`armo.ray_pool`: a local Ray unless `pool.address`)."""
+def ray_pool(backbone: str, pool: Pool, device: str = "cpu") -> ShardPool:
+    """A `ShardPool` for `run_extraction(..., pool=...)` (`armo.ray_pool`: a local Ray unless `pool.address`);
+    each actor runs the backbone on `device` (the training config's)."""
 
     def compute(inputs: dict[int, list[Group]], cfg: ExtractConfig) -> Iterator[tuple[int, dict[str, Tensor], int]]:
         items = [
             {"shard": s, "groups": json.dumps([{"messages": [dict(m) for m in ms], "responses": rs} for ms, rs in gs])}
             for s, gs in inputs.items()
         ]
-        for row in map_shards(ShardExtractor, items, pool, backbone=backbone, cfg=vars(cfg)):
+        for row in map_shards(ShardExtractor, items, pool, backbone=backbone, cfg=vars(cfg), device=device):
             yield int(row["shard"]), load(bytes(row["tensors"])), int(row["tokens"])
 
     return compute

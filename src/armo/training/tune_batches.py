@@ -51,7 +51,7 @@ def _sub_pass(hidden_in: Tensor, groups: list[Any], keep: list[int]) -> tuple[Te
     starts = [0]
     for g in groups:
         starts.append(starts[-1] + g.tokens)
-    rows = torch.cat([torch.arange(starts[k], starts[k + 1]) for k in keep])
+    rows = torch.cat([torch.arange(starts[k], starts[k + 1], device=hidden_in.device) for k in keep])
     return hidden_in[rows], [groups[k] for k in keep]
 
 
@@ -90,8 +90,9 @@ def make_batch(caches: list[LayerCache], ref: PassRef, ds: Dataset, pairs: set[i
             for i in items[k]:
                 row[offsets[c] + i] = len(row)
         subs.append(_sub_pass(caches[c].pass_input(s, j), groups, keep))
-    chosen = torch.tensor([row[ds.pair_items[p][0]] for p in wanted])
-    rejected = torch.tensor([row[ds.pair_items[p][1]] for p in wanted])
+    device = subs[0][0].device  # the rewards these rows index come out on the cached inputs' device
+    chosen = torch.tensor([row[ds.pair_items[p][0]] for p in wanted], device=device)
+    rejected = torch.tensor([row[ds.pair_items[p][1]] for p in wanted], device=device)
     return Batch(subs, chosen, rejected, wanted)
 
 
@@ -103,9 +104,9 @@ def pair_diffs(
     ds: Dataset,
     desc: str | None = None,
 ) -> tuple[list[int], Tensor]:
-    """The pairs of `refs` and their pooled-feature differences h_chosen − h_rejected [P, d] through `top` (the
-    tuner's layers; no gradients). A linear head's reward margin is then head.weight · diff. With `desc`, a
-    progress bar."""
+    """The pairs of `refs` and their pooled-feature differences h_chosen − h_rejected [P, d] (on the CPU) through
+    `top` (the tuner's layers; no gradients). A linear head's reward margin is then head.weight · diff. With `desc`,
+    a progress bar."""
     pairs = {p for r in refs for p in r.pairs}
     ids: list[int] = []
     diffs: list[Tensor] = []
@@ -116,5 +117,5 @@ def pair_diffs(
                 continue
             h = b.pooled(top, pooling)  # [outputs, d]
             ids.extend(b.pairs)
-            diffs.append(h[b.chosen] - h[b.rejected])
+            diffs.append((h[b.chosen] - h[b.rejected]).cpu())
     return ids, torch.cat(diffs)

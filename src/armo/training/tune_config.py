@@ -21,7 +21,7 @@ class BackboneTuneConfig:
         default=4,
         metadata={
             "help": "K, the top layers tuned. The inputs of layer L−K are cached once, so an epoch costs K/L of a "
-            "forward pass plus its backward; on a GPU raise it (up to every layer)."
+            "forward pass plus its backward; on a GPU (`device`) raise it (up to every layer)."
         },
     )
     cache_layers: int = field(

@@ -228,11 +228,13 @@ class LayerCache:
         """A `ShardPool` for `run_extraction`: each missing feature shard computed from this cache through `top`
         (the layers from `start` on, tuned or not) instead of a full forward."""
 
+        device = next(top.parameters()).device  # the cached inputs go where the layers that read them are
+
         def pool(todo: dict[int, list[Group]], cfg: ExtractConfig) -> Iterator[tuple[int, dict[str, Tensor], int]]:
             for s, groups in todo.items():
                 if groups != self.shard_groups(s):
                     raise RuntimeError(f"feature shard {s} is not the layer cache's shard {s}")
-                tensors = load_file(str(self.path(s)), device=str(self.backbone.device))
+                tensors = load_file(str(self.path(s)), device=str(device))
 
                 def forward(j: int, chosen: list[EncodedGroup], tensors: dict[str, Tensor] = tensors) -> Features:
                     with torch.inference_mode():

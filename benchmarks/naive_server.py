@@ -13,14 +13,17 @@ from typing import Any
 from fastapi import FastAPI
 
 from armo.model_store.backbone import load_backbone
+from armo.model_store.bundled import BUNDLED_ROOT, DEFAULT_MODEL
 from armo.model_store.encoding import encode
 from armo.model_store.forward import run_padded
 from armo.model_store.reward_model import Prepared, RewardModel, ScoreItem
-from armo.model_store.store import BUNDLED_ROOT, DEFAULT_MODEL, ModelStore
+from armo.model_store.store import ModelStore
+from armo.settings import Settings
 
 store = ModelStore(os.environ.get("ARMO_STORE_ROOT", str(BUNDLED_ROOT)))
 manifest, head = store.load(os.environ.get("ARMO_MODEL", DEFAULT_MODEL))
-rm = RewardModel(load_backbone(manifest.backbone.id, packed=False), head, manifest)  # plain HF SDPA
+scoring = Settings.model_construct().scoring_config(manifest.backbone.max_length)
+rm = RewardModel(load_backbone(manifest.backbone.id, packed=False), head, manifest, scoring)  # plain HF SDPA
 app = FastAPI()
 
 

@@ -32,10 +32,11 @@ import typer
 from loadtests.http_load import run_load
 
 from armo.model_store.backbone import Backbone, load_backbone
+from armo.model_store.bundled import BUNDLED_ROOT, DEFAULT_MODEL
 from armo.model_store.encoding import Encoded, Truncation, encode
 from armo.model_store.forward import item_features, run_padded
 from armo.model_store.reward_model import Prepared, RewardModel, ScoreItem
-from armo.model_store.store import BUNDLED_ROOT, DEFAULT_MODEL, ModelStore
+from armo.model_store.store import ModelStore
 from armo.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

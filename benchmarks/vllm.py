@@ -38,8 +38,9 @@ import typer
 from loadtests.http_load import run_load
 
 from armo.model_store.backbone import Backbone, load_backbone
+from armo.model_store.bundled import BUNDLED_ROOT, DEFAULT_MODEL
 from armo.model_store.reward_model import RewardModel, ScoreItem
-from armo.model_store.store import BUNDLED_ROOT, DEFAULT_MODEL, ModelStore
+from armo.model_store.store import ModelStore
 from armo.model_store.vllm_engine import VllmEngine, VllmOptions
 from armo.settings import Settings
 from benchmarks.run import (

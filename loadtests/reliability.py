@@ -10,6 +10,15 @@ Phases, each bounded in time and request count:
    much honest throughput is kept;
 3. stalled uploads: `--stalled` connections each announce a body of `--upload-mb` MB, send half, and stall →
    how many get the 408, and the server's RSS before, at the peak and after.
+
+`--mode burst` runs only this (no --pid needed), against a server started with a small queue:
+
+    ARMO_MAX_QUEUE=16 .venv/bin/armo serve --port 8011 &
+    .venv/bin/python -m loadtests.reliability --url http://127.0.0.1:8011 --mode burst
+
+burst: `--burst` requests (one item each) sent at the same instant on already-open connections while `/health` is
+polled every `--health-every` s → how fast the refusals (429) come back and whether liveness waits on the model;
+`--rounds` bursts, an idle second apart, pooled.
 """
 
 from __future__ import annotations
@@ -113,10 +122,78 @@ def stalled_uploads(url: str, n: int, megabytes: float, headers: dict[str, str],
     return {"replies": dict(answered)}
 
 
+def percentile(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return round(1000 * xs[min(len(xs) - 1, round(q * (len(xs) - 1)))], 1)
+
+
+async def burst(url: str, n: int, rounds: int, headers: dict[str, str], health_every: float) -> dict:
+    """`n` concurrent /v1/score requests at once, `rounds` times, with /health polled during each burst."""
+    statuses: Counter[int] = Counter()
+    latency: dict[int, list[float]] = {}
+    health: list[float] = []
+    health_codes: Counter[int] = Counter()
+    body = {"items": [ITEM]}
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    async with (
+        httpx.AsyncClient(timeout=120, limits=limits) as http,
+        httpx.AsyncClient(timeout=120) as probe,
+    ):
+        # Open every connection first (a trainer's pool is warm) and give the model a first pass.
+        await asyncio.gather(*(http.get(f"{url}/health") for _ in range(n)))
+        await probe.get(f"{url}/health")
+        for _ in range(3):
+            (await http.post(f"{url}/v1/score", json=body, headers=headers)).raise_for_status()
+
+        async def one() -> None:
+            started = time.monotonic()
+            try:
+                code = (await http.post(f"{url}/v1/score", json=body, headers=headers)).status_code
+            except httpx.HTTPError:
+                code = 0
+            statuses[code] += 1
+            latency.setdefault(code, []).append(time.monotonic() - started)
+
+        async def poll(done: asyncio.Event) -> None:
+            while not done.is_set():
+                started = time.monotonic()
+                try:
+                    code = (await probe.get(f"{url}/health")).status_code
+                except httpx.HTTPError:
+                    code = 0
+                health_codes[code] += 1
+                health.append(time.monotonic() - started)
+                await asyncio.sleep(health_every)
+
+        for _ in range(rounds):
+            done = asyncio.Event()
+            poller = asyncio.create_task(poll(done))
+            await asyncio.gather(*(one() for _ in range(n)))
+            done.set()
+            await poller
+            await asyncio.sleep(1.0)  # let the queue empty: each round starts from an idle service
+    return {
+        "requests": n * rounds,
+        "statuses": dict(statuses),
+        "server_errors": sum(c for code, c in statuses.items() if code >= 500 or code == 0),
+        "p50_ms": {code: percentile(xs, 0.5) for code, xs in latency.items()},
+        "p99_ms": {code: percentile(xs, 0.99) for code, xs in latency.items()},
+        "health": {
+            "statuses": dict(health_codes),
+            "p50_ms": percentile(health, 0.5),
+            "p99_ms": percentile(health, 0.99),
+            "max_ms": percentile(health, 1.0),
+        },
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", default="http://127.0.0.1:8000")
-    ap.add_argument("--pid", type=int, required=True, help="the server's process id (for its RSS)")
+    ap.add_argument("--mode", choices=("all", "burst"), default="all")
+    ap.add_argument("--pid", type=int, default=None, help="the server's process id (for its RSS; mode all)")
     ap.add_argument("--api-key", default=None)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--overload", type=float, default=4, help="offered load = this × the unloaded throughput")
@@ -125,8 +202,16 @@ def main() -> None:
     ap.add_argument("--stalled", type=int, default=50)
     ap.add_argument("--upload-mb", type=float, default=4.0)
     ap.add_argument("--body-timeout", type=float, default=5.0, help="the server's ARMO_BODY_TIMEOUT_S")
+    ap.add_argument("--burst", type=int, default=160, help="concurrent requests of one burst")
+    ap.add_argument("--rounds", type=int, default=3, help="bursts, pooled")
+    ap.add_argument("--health-every", type=float, default=0.01, help="seconds between /health polls in a burst")
     args = ap.parse_args()
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    if args.mode == "burst":
+        print(json.dumps(asyncio.run(burst(args.url, args.burst, args.rounds, headers, args.health_every)), indent=2))
+        return
+    if args.pid is None:
+        ap.error("--pid is required in mode all")
     out: dict[str, object] = {"rss_start_mb": round(rss_mb(args.pid), 1)}
     unloaded = asyncio.run(closed_loop(args.url, args.clients, args.seconds, headers, None))
     out["unloaded"] = unloaded

@@ -16,8 +16,8 @@ import torch
 
 from armo.training.config import load_config
 from armo.training.featurize import get_backbone
-from armo.training.layer_cache import bottom_view, layer_caches
 from armo.training.prepare import build_training_set
+from armo.training.stage0.layer_cache import bottom_view, layer_caches
 
 
 def main(config: str, worker: int, workers: int) -> None:

@@ -13,7 +13,9 @@ from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerBase
 from armo.model_store.backbone import EMBEDDED_ID, Backbone, backbone_ref, default_cache_dir, load_backbone
 from armo.model_store.heads import ArmoHead, GatingConfig
 from armo.model_store.manifest import Manifest, Objective
+from armo.model_store.reward_model import ScoringConfig
 from armo.model_store.store import ModelStore
+from armo.settings import Settings
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -65,6 +67,11 @@ def tiny_padded_backbone(tiny_backbone_dir: Path) -> Backbone:
 
 
 ArtifactFactory = Callable[..., tuple[Manifest, ArmoHead]]
+
+
+def default_scoring(manifest: Manifest) -> ScoringConfig:
+    """The scoring config the service gives this artifact under default settings (RewardModel has no default)."""
+    return Settings.model_construct().scoring_config(manifest.backbone.max_length)
 
 
 def make_artifact(

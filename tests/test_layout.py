@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 from pathlib import Path
@@ -56,3 +57,94 @@ def test_no_research_in_the_product_tree() -> None:
         if history.search(line)
     ]
     assert not cited, "comments and docstrings give the reason itself, not the round/session it came from"
+
+
+# -- the dependency rule ------------------------------------------------------------------------------------------
+# What each part of the package may import (every import counts, at module level, inside functions and under
+# TYPE_CHECKING). The rule of DESIGN.md §7, `service → model_store ← training`, with the parts around it: the wire
+# protocol sits under the client and the service alike; settings sit under the service and batch and over
+# model_store only; the client and the integrations never reach the server or torch-bound code.
+ALLOWED: dict[str, set[str]] = {
+    "armo": set(),  # the package root (its version)
+    "armo.protocol": {"armo"},
+    "armo.client": {"armo", "armo.protocol"},
+    "armo.integrations": {"armo", "armo.protocol", "armo.client"},
+    "armo.model_store": {"armo"},
+    "armo.settings": {"armo", "armo.model_store"},
+    "armo.ray_pool": {"armo"},
+    "armo.service": {"armo", "armo.protocol", "armo.model_store", "armo.settings"},
+    "armo.batch": {"armo", "armo.model_store", "armo.settings", "armo.ray_pool"},
+    "armo.training": {"armo", "armo.model_store", "armo.ray_pool"},
+    "armo.cli": {"armo", "armo.service", "armo.batch", "armo.training", "armo.model_store", "armo.settings"},
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, modules: set[str]) -> dict[str, bool]:
+    """Project modules `path` imports → whether the import runs (False: only under `if TYPE_CHECKING:`)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {
+        id(n)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for stmt in block.body
+        for n in ast.walk(stmt)
+    }
+    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    found: dict[str, bool] = {}
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([node.module] if node.module else [])])
+            names = [base, *(f"{base}.{a.name}" for a in node.names)]
+        for name in names:
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name and name != _module_name(path):
+                found[name] = found.get(name, False) or id(node) not in typing_only
+    return found
+
+
+def _graph() -> dict[str, dict[str, bool]]:
+    files = {_module_name(p): p for p in SRC.rglob("*.py")}
+    return {name: _imports(path, set(files)) for name, path in files.items()}
+
+
+def _part(module: str) -> str:
+    return next(p for p in sorted(ALLOWED, key=len, reverse=True) if module == p or module.startswith(p + "."))
+
+
+def test_imports_follow_the_dependency_rule() -> None:
+    wrong = [
+        f"{a} imports {b}"
+        for a, targets in _graph().items()
+        for b in targets
+        if _part(b) != _part(a) and _part(b) not in ALLOWED[_part(a)]
+    ]
+    assert not wrong, wrong
+
+
+def test_no_import_cycles() -> None:
+    """No two modules need each other at run time (imports under TYPE_CHECKING are annotations, not needs)."""
+    graph = {a: {b for b, runs in targets.items() if runs} for a, targets in _graph().items()}
+    cycles = []
+    for start in graph:  # a depth-first search from every module for a path back to it
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    cycles.append(" → ".join([*path, start]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+    assert not cycles, cycles

@@ -9,7 +9,7 @@
 - **Retries** with exponential backoff on 429 and 503 (overloaded, loading, shutting down) and on connection
   errors, honouring the server's `Retry-After`; other 4xx are raised at once as `RewardServiceError` with the
   server's error type, message and field.
-- Typed results: the pydantic models of the server's protocol (`armo.service.protocol`; no FastAPI, no torch).
+- Typed results: the pydantic models of the server's protocol (`armo.protocol`; no FastAPI, no torch).
 - `AsyncRewardClient` is the same over `httpx.AsyncClient`; its chunks are sent concurrently.
 
 Only httpx and pydantic are needed: the client runs in a training process that has no torch of this project's.
@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from armo.service.protocol import (
+from armo.protocol import (
     CompareResponse,
     ExplainResponse,
     ExplainResult,

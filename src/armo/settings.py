@@ -15,15 +15,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from armo.model_store.bundled import BUNDLED_ROOT, DEFAULT_ALIAS, DEFAULT_MODEL
 from armo.model_store.devices import check_device
 from armo.model_store.errors import VLLM_SETUP
-from armo.model_store.store import BUNDLED_ROOT, DEFAULT_ALIAS, DEFAULT_MODEL
 
 if TYPE_CHECKING:  # the parts import torch; settings stay importable without it
-    from armo.model_store.manifest import Pooling
+    from armo.model_store.loader import BackboneOptions
     from armo.model_store.reward_model import ScoringConfig
-    from armo.service.batcher import BatcherConfig
-    from armo.service.scoring import Limits
 
 
 class Settings(BaseSettings):
@@ -220,7 +218,9 @@ class Settings(BaseSettings):
             raise ValueError(f"ARMO_QUANTIZE={self.quantize} runs on transformers only (ARMO_BACKEND={self.backend})")
         return self
 
-    # -- the configs of the parts, built here so that no other place holds a default -----------------------
+    # -- the model_store's configs, built here so that no other place holds a default ------------------------
+    # (The service builds its own configs, BatcherConfig and Limits, from these fields: settings import nothing
+    # above them, and torch only inside these methods.)
     def scoring_config(self, manifest_max_length: int) -> ScoringConfig:
         """How a loaded model encodes and runs sequences: at most the manifest's max_length tokens each."""
         from armo.model_store.encoding import Truncation
@@ -234,50 +234,21 @@ class Settings(BaseSettings):
             padding_side=self.padding_side,
         )
 
-    def backbone_options(self, pooling: Pooling, max_length: int) -> dict[str, Any]:
-        """`load_backbone`'s keyword arguments for an artifact with this pooling and sequence limit."""
+    def backbone_options(self) -> BackboneOptions:
+        """How the served artifact's backbone is loaded and run (`armo.model_store.loader`)."""
+        from armo.model_store.loader import BackboneOptions, VllmResources
+
         vllm = None
-        if self.backend == "vllm":  # the engine module (safetensors, the view-making code) only when asked for
-            from armo.model_store.vllm_engine import VllmOptions
-
-            vllm = VllmOptions(
-                pooling=pooling,
-                max_length=max_length,
-                dtype=self.dtype,
-                kv_cache_gib=self.vllm_kv_cache_gib,
-                gpu_memory_utilization=self.vllm_gpu_memory_utilization,
-            )
-        return {
-            "cache_dir": self.cache_dir,
-            "device": self.device,
-            "dtype": self.dtype,
-            "quantize": self.quantize,
-            "packed": self.packed,
-            "vllm": vllm,
-        }
-
-    def batcher_config(self) -> BatcherConfig:
-        from armo.service.batcher import BatcherConfig
-
-        return BatcherConfig(
-            max_items=self.max_batch_items,
-            max_tokens=self.max_batch_tokens,
-            max_wait_s=self.max_wait_ms / 1000.0,
-            max_queue=self.max_queue,
-            max_queue_tokens=self.max_queue_tokens,
-            retry_after_s=self.retry_after_s,
-        )
-
-    def limits(self) -> Limits:
-        from armo.service.scoring import Limits
-
-        return Limits(
-            max_items=self.max_items,
-            max_chars=self.max_chars,
-            request_timeout_s=self.request_timeout_s,
-            max_request_timeout_s=max(self.max_request_timeout_s, self.request_timeout_s),
-            get_reward_timeout_s=self.get_reward_timeout_s,
-            top_contributors=self.top_contributors,
+        if self.backend == "vllm":
+            vllm = VllmResources(self.vllm_kv_cache_gib, self.vllm_gpu_memory_utilization)
+        return BackboneOptions(
+            override=self.backbone,
+            cache_dir=self.cache_dir,
+            device=self.device,
+            dtype=self.dtype,
+            quantize=self.quantize,
+            packed=self.packed,
+            vllm=vllm,
         )
 
     def api_key_values(self) -> list[str]:

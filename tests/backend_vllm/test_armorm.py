@@ -14,6 +14,7 @@ from armo.model_store.reward_model import RewardModel, ScoreItem
 from armo.model_store.store import ModelStore
 from tests.armorm_twin import CONVERSATIONS, build_armorm_twin, published_scores
 from tests.backend_vllm.conftest import need_vllm, options
+from tests.conftest import default_scoring
 
 need_vllm()
 
@@ -34,7 +35,7 @@ def test_armorm_twin_on_vllm_equals_the_published_forward(
     # vLLM got a view of the checkpoint: a plain causal-LM config and the backbone's tensors only.
     [view] = (cache / "vllm").iterdir()
     assert '"LlamaForCausalLM"' in (view / "config.json").read_text()
-    rm = RewardModel(backbone, head, manifest)
+    rm = RewardModel(backbone, head, manifest, default_scoring(manifest))
     ours = torch.tensor([r.score for r in rm.score([ScoreItem(m, r) for m, r in CONVERSATIONS])])
     reference = published_scores(twin, CONVERSATIONS)
     assert reference.std() > 1e-3

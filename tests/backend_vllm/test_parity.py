@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from armo.model_store.backbone import Backbone
+from armo.model_store.bundled import BUNDLED_ROOT, DEFAULT_MODEL
 from armo.model_store.encoding import Encoded, Truncation, encode
 from armo.model_store.errors import ArtifactError
 from armo.model_store.forward import PassBudget, item_features
 from armo.model_store.reward_model import RewardModel, ScoreItem
-from armo.model_store.store import BUNDLED_ROOT, DEFAULT_MODEL, ModelStore
+from armo.model_store.store import ModelStore
 from armo.settings import Settings
 from tests.backend_vllm.conftest import need_vllm
-from tests.conftest import make_artifact
+from tests.conftest import default_scoring, make_artifact
 
 need_vllm()
 
@@ -135,11 +136,11 @@ def test_an_engine_refuses_an_artifact_it_was_not_started_for(embedded_backbone:
     manifest, head = make_artifact(embedded_backbone, max_length=1024)
     mean = manifest.model_copy(update={"pooling": "mean"})
     with pytest.raises(ArtifactError, match="mean-pooled") as e:
-        RewardModel(vllm_last, head, mean)
+        RewardModel(vllm_last, head, mean, default_scoring(mean))
     assert e.value.field == "pooling"
     longer, _ = make_artifact(embedded_backbone, max_length=4096)
     with pytest.raises(ArtifactError, match="4096 tokens"):
-        RewardModel(vllm_last, head, longer)
+        RewardModel(vllm_last, head, longer, default_scoring(longer))
 
 
 def test_settings_keep_int8_to_transformers() -> None:

@@ -15,6 +15,7 @@ from armo.model_store.errors import ArtifactError
 from armo.model_store.reward_model import RewardModel, ScoreItem
 from armo.model_store.store import ModelStore
 from tests.armorm_twin import CONVERSATIONS, build_armorm_twin, published_scores
+from tests.conftest import default_scoring
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def test_import_matches_published_forward_pass(armorm_dir: Path, tmp_path: Path)
     store.publish(manifest, head)
     manifest, head = store.load("armorm-llama3-8b")
     backbone = load_backbone(str(armorm_dir))
-    rm = RewardModel(backbone, head, manifest)
+    rm = RewardModel(backbone, head, manifest, default_scoring(manifest))
     items = [ScoreItem(m, r) for m, r in CONVERSATIONS]
     ours = torch.tensor([r.score for r in rm.score(items)])
     reference = published_scores(armorm_dir, CONVERSATIONS)

@@ -8,8 +8,10 @@ import torch
 
 from armo.model_store import rules
 from armo.model_store.backbone import Backbone
+from armo.model_store.bundled import BUNDLED_ROOT, DEFAULT_MODEL
 from armo.model_store.reward_model import RewardModel, ScoreItem
-from armo.model_store.store import BUNDLED_ROOT, DEFAULT_MODEL, ModelStore
+from armo.model_store.store import ModelStore
+from tests.conftest import default_scoring
 
 ITEMS = [
     ScoreItem(
@@ -33,7 +35,7 @@ def test_bundled_artifacts_load_and_score_as_before(embedded_backbone: Backbone,
     manifest, head = ModelStore(BUNDLED_ROOT).load(DEFAULT_MODEL, version)
     assert all(o.sign == 1 for o in manifest.objectives)  # the default for manifests without the field
     assert "compliance" in manifest.objective_names and rules.RULES["compliance"].legacy  # still scored
-    rm = RewardModel(embedded_backbone, head, manifest)
+    rm = RewardModel(embedded_backbone, head, manifest, default_scoring(manifest))
     prepared = [rm.prepare(it) for it in ITEMS]
     values = rm.rule_values(prepared)
     assert values is not None

@@ -9,9 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from armo.model_store.backbone import Backbone, load_backbone, local_revision
+from armo.model_store.backbone import Backbone, load_backbone
 from armo.model_store.delta import LORA_A, LORA_B, LoadedDelta, merged, read_delta
 from armo.model_store.errors import ArtifactError
+from armo.model_store.identity import local_revision
 from armo.model_store.manifest import BackboneDelta, sha256_file
 from armo.model_store.vllm_engine import vllm_directory
 

@@ -8,7 +8,7 @@ import pytest
 
 from armo.model_store.backbone import load_backbone
 from armo.model_store.reward_model import RewardModel, ScoreItem
-from tests.conftest import make_artifact
+from tests.conftest import default_scoring, make_artifact
 
 ITEMS = [
     ScoreItem([{"role": "user", "content": "Name a prime number."}], "7"),
@@ -21,6 +21,6 @@ def test_cuda_bf16_matches_cpu_fp32(tiny_backbone_dir: Path) -> None:
     cpu = load_backbone(str(tiny_backbone_dir))
     gpu = load_backbone(str(tiny_backbone_dir), device="cuda", dtype="bfloat16")
     manifest, head = make_artifact(cpu)
-    expected = [r.score for r in RewardModel(cpu, head, manifest).score(ITEMS)]
-    got = [r.score for r in RewardModel(gpu, head, manifest).score(ITEMS)]
+    expected = [r.score for r in RewardModel(cpu, head, manifest, default_scoring(manifest)).score(ITEMS)]
+    got = [r.score for r in RewardModel(gpu, head, manifest, default_scoring(manifest)).score(ITEMS)]
     assert got == pytest.approx(expected, abs=5e-2)

@@ -10,7 +10,7 @@ from armo.model_store.errors import InputError
 from armo.model_store.heads import ArmoHead, GatingConfig, GatingNetwork, debias_matrix
 from armo.model_store.manifest import Objective
 from armo.model_store.reward_model import RewardModel, ScoreItem, Steering
-from tests.conftest import make_artifact
+from tests.conftest import default_scoring, make_artifact
 
 
 def test_gating_softmax_is_over_objectives_and_scaled_by_beta() -> None:
@@ -66,7 +66,7 @@ def rm(tiny_backbone: Backbone) -> RewardModel:
     )
     with torch.no_grad():
         head.regression.weight[-1] = 0.0  # a rule objective has no learned row
-    return RewardModel(tiny_backbone, head, manifest)
+    return RewardModel(tiny_backbone, head, manifest, default_scoring(manifest))
 
 
 def test_rule_objective_enters_standardised(rm: RewardModel) -> None:
@@ -89,7 +89,7 @@ def test_a_rule_with_sign_minus_one_is_minus_the_rule(tiny_backbone: Backbone) -
     with torch.no_grad():
         head.regression.weight[1:] = 0.0  # rule objectives have no learned row and no bias
         head.bias[1:] = 0.0
-    rm = RewardModel(tiny_backbone, head, manifest)
+    rm = RewardModel(tiny_backbone, head, manifest, default_scoring(manifest))
     items = [*ITEMS, ScoreItem(ITEMS[0].messages, "I'm sorry, but I can't help with that.")]
     values = rm.rule_values([rm.prepare(it) for it in items])
     assert values is not None

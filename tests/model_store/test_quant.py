@@ -12,7 +12,7 @@ from armo.model_store import quant
 from armo.model_store.backbone import RESIDUAL_WRITERS, Backbone, load_backbone
 from armo.model_store.quant import Int8Linear, Int8Part, SharedInputInt8, int8_matmul
 from armo.model_store.reward_model import RewardModel, ScoreItem
-from tests.conftest import make_artifact
+from tests.conftest import default_scoring, make_artifact
 
 
 def _outlier_input(rows: int = 64, width: int = 96, seed: int = 0) -> torch.Tensor:
@@ -140,8 +140,8 @@ def test_int8_backbone_is_opt_in_close_and_batch_invariant(tiny_backbone_dir: Pa
             assert kind is Int8Linear, name
     assert not any(isinstance(m, (Int8Linear, Int8Part)) for m in fp32.model.modules())
     manifest, head = make_artifact(fp32)
-    exact = [r.score for r in RewardModel(fp32, head, manifest).score(ITEMS)]
-    rm = RewardModel(int8, head, manifest)
+    exact = [r.score for r in RewardModel(fp32, head, manifest, default_scoring(manifest)).score(ITEMS)]
+    rm = RewardModel(int8, head, manifest, default_scoring(manifest))
     approx = [r.score for r in rm.score(ITEMS)]
     assert approx != exact
     assert approx == pytest.approx(exact, abs=0.5)

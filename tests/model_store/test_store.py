@@ -16,7 +16,7 @@ from armo.model_store.errors import ArtifactError, StoreError
 from armo.model_store.manifest import HEADS_FILE, MANIFEST_FILE
 from armo.model_store.reward_model import RewardModel, ScoreItem
 from armo.model_store.store import ModelStore
-from tests.conftest import make_artifact
+from tests.conftest import default_scoring, make_artifact
 from tests.model_store.publish_worker import publish_worker
 
 ITEM = ScoreItem([{"role": "user", "content": "Say hi"}], "Hi!")
@@ -31,8 +31,8 @@ def test_round_trip_keeps_weights_and_scores(tmp_path: Path, tiny_backbone: Back
     assert loaded_manifest.model_dump(exclude={"files"}) == manifest.model_dump(exclude={"files"})
     for k, v in head.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
-    a = RewardModel(tiny_backbone, head, manifest).score([ITEM])[0].score
-    b = RewardModel(tiny_backbone, loaded, loaded_manifest).score([ITEM])[0].score
+    a = RewardModel(tiny_backbone, head, manifest, default_scoring(manifest)).score([ITEM])[0].score
+    b = RewardModel(tiny_backbone, loaded, loaded_manifest, default_scoring(loaded_manifest)).score([ITEM])[0].score
     assert a == b
 
 
@@ -72,10 +72,10 @@ def test_manifest_for_another_hidden_size_is_refused(tmp_path: Path, tiny_backbo
     # … and an artifact built for another backbone is refused by the compatibility check.
     other = manifest.model_copy(update={"backbone": manifest.backbone.model_copy(update={"hidden_size": 64})})
     with pytest.raises(ArtifactError, match="expects hidden size 64"):
-        RewardModel(tiny_backbone, head, other)
+        RewardModel(tiny_backbone, head, other, default_scoring(other))
     foreign = manifest.model_copy(update={"backbone": manifest.backbone.model_copy(update={"template_hash": "0" * 64})})
     with pytest.raises(ArtifactError, match="another tokenizer/chat template"):
-        RewardModel(tiny_backbone, head, foreign)
+        RewardModel(tiny_backbone, head, foreign, default_scoring(foreign))
 
 
 def test_promote_and_rollback(tmp_path: Path, tiny_backbone: Backbone) -> None:

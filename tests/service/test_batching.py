@@ -12,9 +12,9 @@ from starlette.requests import Request
 
 from armo.model_store.reward_model import ScoreItem
 from armo.model_store.store import ModelStore
+from armo.protocol import ScoreRequest
 from armo.service.cancellation import unless_disconnected
 from armo.service.errors import ClientDisconnectedError, ShuttingDownError
-from armo.service.protocol import ScoreRequest
 from tests.service.conftest import (
     AUTH,
     CONV,

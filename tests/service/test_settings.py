@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 
 import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from armo.model_store.store import BUNDLED_ROOT
+from armo.model_store.bundled import BUNDLED_ROOT
+from armo.service.app import batcher_config
+from armo.service.app import limits as request_limits
 from armo.settings import Settings
 
 
@@ -27,11 +31,23 @@ def test_settings_build_every_part_config(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("ARMO_MAX_TOKENS", "300")
     monkeypatch.setenv("ARMO_MAX_WAIT_MS", "20")
     s = Settings()
-    batcher, limits, scoring = s.batcher_config(), s.limits(), s.scoring_config(2048)
+    batcher, limits, scoring = batcher_config(s), request_limits(s), s.scoring_config(2048)
     assert (batcher.max_items, batcher.max_tokens, batcher.max_wait_s) == (5, s.max_batch_tokens, 0.02)
     assert (limits.max_items, limits.request_timeout_s) == (s.max_items, s.request_timeout_s)
     assert (scoring.forward.tokens, scoring.forward.rows, scoring.max_length) == (777, s.max_pass_rows, 300)
     assert s.scoring_config(256).max_length == 256  # never above the manifest's max_length
+    options = s.backbone_options()
+    assert (options.override, options.device, options.vllm) == (None, "cpu", None)
+
+
+def test_settings_import_nothing_above_them_and_no_torch() -> None:
+    """Settings sit under the service and batch: importing them loads neither the service nor torch."""
+    code = (
+        "import armo.settings, sys; "
+        "bad = [m for m in sys.modules if m.startswith('armo.service') or m == 'torch']; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_environment_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:

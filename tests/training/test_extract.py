@@ -1,4 +1,5 @@
-"""Feature extraction: shared-prompt forward equals one pass per response; the length cap; cache resumption."""
+"""Feature extraction: shared-prompt forward equals one pass per response; the length cap; cache resumption; the
+missing shards on Ray actors, with and without a stage-0 delta."""
 
 from __future__ import annotations
 
@@ -7,12 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
 
-from armo.model_store.backbone import Backbone
+from armo.cli import app
+from armo.model_store.backbone import Backbone, load_backbone
+from armo.model_store.delta import DELTA_FILE, RUN_DELTA_ENTRY, read_run_delta
 from armo.model_store.encoding import Truncation, encode, encode_group
 from armo.model_store.forward import run_padded
-from armo.training.config import ExtractConfig
-from armo.training.extract import Item, _batches, forward_groups, run_extraction, truncation
+from armo.model_store.manifest import BackboneDelta, sha256_file
+from armo.training.config import ExtractConfig, TrainConfig, load_config
+from armo.training.extract import Item, _batches, forward_groups, job_key, run_extraction, truncation
+from armo.training.featurize import featurize
+from armo.training.on_ray import ShardExtractor
+from armo.training.prepare import build_eval_set
 
 CONVS = [
     [{"role": "user", "content": "Hi there, how are you?"}],
@@ -129,7 +138,7 @@ def test_ray_actors_fill_the_same_cache(tiny_backbone: Backbone, tiny_backbone_d
     cfg = ExtractConfig(max_length=128, shard_size=3)
     with pytest.raises(RuntimeError, match="stopped after 1 new shard"):
         run_extraction(tiny_backbone, items, name="t", cache_root=tmp_path, cfg=cfg, max_new_shards=1, progress=False)
-    pool = ray_pool(str(tiny_backbone_dir), Pool(actors=2))
+    pool = ray_pool(tiny_backbone, str(tiny_backbone_dir), Pool(actors=2))
     table = run_extraction(tiny_backbone, items, name="t", cache_root=tmp_path, cfg=cfg, progress=False, pool=pool)
     (job,) = tmp_path.iterdir()
     runs = json.loads((job / "job.json").read_text())["runs"]
@@ -138,3 +147,61 @@ def test_ray_actors_fill_the_same_cache(tiny_backbone: Backbone, tiny_backbone_d
     for column in ("response", "response_mean", "prompt"):
         assert torch.allclose(getattr(table, column), getattr(local, column), atol=1e-5), column
     assert torch.equal(table.length, local.length) and torch.equal(table.truncated, local.truncated)
+
+
+def _delta(directory: Path, backbone_dir: Path) -> Path:
+    """A stage-0 run's delta by hand: layer 1's MLP output weights replaced ("full"), with its delta.json."""
+    directory.mkdir(parents=True)
+    name = "layers.1.mlp.down_proj.weight"
+    weight = load_file(str(backbone_dir / "model.safetensors"))[name]
+    save_file(
+        {name: weight + 0.5 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(0))},
+        str(directory / DELTA_FILE),
+    )
+    revision = load_backbone(str(backbone_dir)).revision
+    ref = BackboneDelta(sha256=sha256_file(directory / DELTA_FILE), base_revision=revision, method="full", layers=(1,))
+    (directory / RUN_DELTA_ENTRY).write_text(ref.model_dump_json())
+    return directory / DELTA_FILE
+
+
+def test_ray_actors_refuse_a_backbone_the_cache_is_not_keyed_by(tiny_backbone_dir: Path, tmp_path: Path) -> None:
+    delta = _delta(tmp_path / "stage0", tiny_backbone_dir)
+    tuned = load_backbone(str(tiny_backbone_dir), delta=read_run_delta(delta))
+    cfg = ExtractConfig(max_length=128)
+    key = job_key(tuned, [], cfg, {})
+    ShardExtractor(str(tiny_backbone_dir), vars(cfg), 1, "cpu", str(delta), key)  # the driver's own backbone
+    with pytest.raises(RuntimeError, match="not the backbone the feature cache is keyed by"):
+        ShardExtractor(str(tiny_backbone_dir), vars(cfg), 1, "cpu", "", key)  # the base backbone: frozen features
+
+
+@pytest.mark.slow
+def test_ray_extraction_with_a_stage0_delta_equals_the_local_one(
+    tiny_config: TrainConfig, tiny_backbone_dir: Path, tmp_path: Path
+) -> None:
+    """`armo train extract --eval --ray` with `stage0.delta`: the actors run the tuned backbone, so the shards filed
+    under the tuned backbone's key hold its features, not the frozen backbone's."""
+    raw = tiny_config.to_dict()
+    raw["stage0"]["delta"] = str(_delta(tmp_path / "stage0", tiny_backbone_dir))
+    tables = {}
+    for where in ("ray", "local"):
+        raw["cache_dir"] = str(tmp_path / where)
+        (tmp_path / f"{where}.json").write_text(json.dumps(raw))
+        args = ["train", "extract", "--config", str(tmp_path / f"{where}.json"), "--eval", "--full"]
+        res = CliRunner().invoke(app, [*args, "--ray", "--actors", "1"] if where == "ray" else args)
+        assert res.exit_code == 0, res.output
+        cfg = load_config(None, raw)
+        tuned = load_backbone(cfg.backbone, delta=read_run_delta(Path(cfg.stage0.delta)))
+        tables[where] = featurize(cfg, build_eval_set(cfg.eval, False), "rewardbench-full", tuned)[0]  # cached
+    ds = build_eval_set(tiny_config.eval, False)
+    frozen = run_extraction(
+        load_backbone(str(tiny_backbone_dir)),
+        ds.items,
+        name="frozen",
+        cache_root=tmp_path / "frozen",
+        cfg=tiny_config.extract,
+        progress=False,
+    )
+    for column in ("response", "response_mean", "prompt"):
+        ray, local = getattr(tables["ray"], column), getattr(tables["local"], column)
+        torch.testing.assert_close(ray, local, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(ray, getattr(frozen, column), atol=1e-3)  # the delta matters

@@ -16,7 +16,7 @@ from armo.model_store.reward_model import RewardModel, ScoreItem
 from armo.settings import Settings
 from armo.training.config import ExtractConfig
 from armo.training.extract import run_extraction, truncation
-from tests.conftest import make_artifact
+from tests.conftest import default_scoring, make_artifact
 
 SHARED = ({"role": "user", "content": "Name a colour."},)
 ITEMS = [
@@ -54,7 +54,7 @@ def test_the_service_cuts_long_responses_like_training_unless_told_to_refuse(tin
     """By default a response over the limit keeps its start and end-of-turn token, as in training (every RL rollout
     gets a reward); ARMO_LONG_RESPONSE=error refuses it with an error naming `response`."""
     manifest, head = make_artifact(tiny_backbone, max_length=96)
-    rm = RewardModel(tiny_backbone, head, manifest)
+    rm = RewardModel(tiny_backbone, head, manifest, default_scoring(manifest))
     assert rm.prepare(ITEMS[-1]).encoded.truncated and rm.prepare(ITEMS[-1]).encoded.length == 96
     strict = Settings.model_construct(long_response="error").scoring_config(96)
     with pytest.raises(InputTooLongError) as info:

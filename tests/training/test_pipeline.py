@@ -24,6 +24,7 @@ from armo.training.objective_set import RuleObjective, fit_objectives, probe_nam
 from armo.training.pipeline import run, sweep
 from armo.training.prepare import Dataset
 from armo.training.rewardbench import SECTIONS
+from tests.conftest import default_scoring
 
 
 @pytest.mark.parametrize("pooling", ["last", "mean"])
@@ -75,7 +76,7 @@ def test_pipeline_end_to_end(tiny_config: TrainConfig, pooling: str) -> None:
     # The published artifact, loaded from the store, reproduces the evaluation scores through RewardModel.score.
     manifest, head = ModelStore(tiny_config.store).load(m.model, "current")
     assert manifest.version == "t1"
-    rm = RewardModel(load_backbone(tiny_config.backbone), head, manifest)
+    rm = RewardModel(load_backbone(tiny_config.backbone), head, manifest, default_scoring(manifest))
     assert result.eval is not None
     items = [
         ScoreItem(list(result_item.messages), result_item.response) for result_item in _eval_items(tiny_config)[:6]
@@ -161,7 +162,7 @@ def test_compare_scores_published_versions_on_one_validation_split(tiny_config: 
     val = [i for i, v in enumerate(f.train.pair_val) if v]
     assert set(results["t1"]) - set(SUMMARY_KEYS) == {pair_group(f.train.pairs[i]) for i in val}
     manifest, head = ModelStore(tiny_config.store).load(tiny_config.name, "t0")
-    rm = RewardModel(load_backbone(tiny_config.backbone), head, manifest)
+    rm = RewardModel(load_backbone(tiny_config.backbone), head, manifest, default_scoring(manifest))
     items = f.train.items
     wins = 0.0
     for i in val:

@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from armo.model_store.store import BUNDLED_ROOT, DEFAULT_MODEL, ModelStore
+from armo.model_store.bundled import BUNDLED_ROOT, DEFAULT_MODEL
+from armo.model_store.store import ModelStore
 from tests.live import API_KEY, ROOT, Server, armo_server
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is installed by scripts/setup.sh")

@@ -20,9 +20,8 @@ from typing import Any
 from tqdm import tqdm
 
 from armo.batch import files, rows
-from armo.model_store.backbone import load_backbone
-from armo.model_store.delta import read_delta
 from armo.model_store.errors import ArmoError
+from armo.model_store.loader import load_reward_model
 from armo.model_store.reward_model import Prepared, RewardModel
 from armo.model_store.store import ModelStore
 from armo.settings import Settings
@@ -49,11 +48,9 @@ class Summary:
 def load_model(settings: Settings) -> RewardModel:
     """The artifact the service would serve with these settings (store, model, alias, backbone, limits)."""
     store = ModelStore(settings.store_root)
-    manifest, head = store.load(settings.model, settings.alias)
-    options = settings.backbone_options(manifest.pooling, manifest.backbone.max_length)
-    delta = read_delta(store.version_dir(manifest.model, manifest.version), manifest.backbone_delta)
-    backbone = load_backbone(settings.backbone or manifest.backbone.id, **options, delta=delta)
-    return RewardModel(backbone, head, manifest, settings.scoring_config(manifest.backbone.max_length))
+    return load_reward_model(
+        store, settings.model, settings.alias, settings.backbone_options(), settings.scoring_config
+    )
 
 
 def _selected(all_rows: list[dict[str, Any]], options: Options) -> list[dict[str, Any]]:

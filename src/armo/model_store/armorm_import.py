@@ -17,9 +17,9 @@ import torch
 from safetensors import safe_open
 from transformers import AutoTokenizer
 
-from armo.model_store.backbone import local_revision, template_hash
 from armo.model_store.errors import ArtifactError
 from armo.model_store.heads import ArmoHead, GatingConfig
+from armo.model_store.identity import local_revision, template_hash
 from armo.model_store.manifest import BackboneRef, Manifest, Objective
 
 ARMORM_SOURCE = "RLHFlow/ArmoRM-Llama3-8B-v0.1"

@@ -5,9 +5,7 @@ Only the base model is loaded (`AutoModel`, no LM head): a reward needs hidden s
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import logging
 import os
 import time
@@ -22,6 +20,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, 
 
 from armo.model_store import atomic
 from armo.model_store.errors import ArtifactError
+from armo.model_store.identity import local_revision, template_hash
 from armo.model_store.manifest import BackboneDelta, BackboneRef, Pooling, sha256_file
 from armo.model_store.packing import enable
 from armo.model_store.quant import calibrate, calibration_batches, quantize_linears
@@ -109,18 +108,6 @@ class Backbone:
         return torch.float32 if self.hf is None else next(self.hf.parameters()).dtype
 
 
-def template_hash(tokenizer: PreTrainedTokenizerBase) -> str:
-    """sha256 over everything that decides how a conversation becomes token ids."""
-    payload = {
-        "chat_template": tokenizer.chat_template,
-        "bos": tokenizer.bos_token,
-        "eos": tokenizer.eos_token,
-        "vocab_size": len(tokenizer),
-        "class": type(tokenizer).__name__,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
@@ -155,21 +142,6 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     except FileExistsError:
         if not (target / "model.safetensors").is_file():  # lost a race to a concurrent converter: fine
             raise
-
-
-def local_revision(directory: Path) -> str:
-    """A cheap content identity of a local checkpoint: hash of config.json plus weight file names and sizes.
-
-    Hashing 16 GB of 8B weights on every start would cost minutes; names+sizes+config catch the usual mix-ups.
-    """
-    h = hashlib.sha256()
-    config = directory / "config.json"
-    if config.is_file():
-        h.update(config.read_bytes())
-    for f in sorted(directory.iterdir()):
-        if f.suffix in {".safetensors", ".bin", ".gguf"}:
-            h.update(f"{f.name}:{f.stat().st_size}".encode())
-    return h.hexdigest()
 
 
 def _finish(

@@ -9,8 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from armo.model_store.bundled import BUNDLED_ROOT, DEFAULT_ALIAS
 from armo.model_store.errors import ArmoError
-from armo.model_store.store import BUNDLED_ROOT, DEFAULT_ALIAS, ModelStore
+from armo.model_store.store import ModelStore
 
 store_app = typer.Typer(no_args_is_help=True, help="Inspect and manage the versioned model store.")
 console = Console()

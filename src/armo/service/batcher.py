@@ -41,7 +41,7 @@ ADMISSION_MARGIN = 0.5
 
 @dataclass(frozen=True)
 class BatcherConfig:
-    """Built by `Settings.batcher_config` (the only source of defaults)."""
+    """Built by `armo.service.app.batcher_config` from the settings (the only source of defaults)."""
 
     max_items: int  # items merged into one worker batch
     max_tokens: int  # real tokens merged into one worker batch

@@ -16,25 +16,22 @@ import datetime as dt
 import logging
 import math
 import time
-from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from armo.model_store.backbone import Backbone, load_backbone
-from armo.model_store.delta import read_delta
+from armo.model_store.backbone import load_backbone
 from armo.model_store.errors import ArmoError, ArtifactError, StoreError
+from armo.model_store.loader import BackboneLoader, load_reward_model
 from armo.model_store.manifest import Manifest
 from armo.model_store.reward_model import RewardModel, ScoreItem
 from armo.model_store.store import ModelStore
+from armo.protocol import ReloadStatus
 from armo.service.chat_template import FAMILIES, Family, learn_family
 from armo.service.errors import ReloadInProgressError
 from armo.service.metrics import ServiceMetrics
-from armo.service.protocol import ReloadStatus
 from armo.settings import Settings
 
 log = logging.getLogger(__name__)
-
-BackboneLoader = Callable[..., Backbone]
 
 # Scored after every load, before the swap: a version that cannot score this does not go live.
 SMOKE_ITEM = ScoreItem(
@@ -87,37 +84,18 @@ class Reloader:
         self._watcher: asyncio.Task[None] | None = None
 
     # -- loading (worker thread) --------------------------------------------------------------------------
-    def _backbone_for(self, manifest: Manifest) -> tuple[Backbone, bool]:
-        """(backbone, whether it was loaded now). Reuses the serving backbone when id + revision and the backbone
-        delta (the artifact's reward-tuned layers, or none) match."""
-        ref = manifest.backbone
-        cur = self.current.rm.backbone if self.current else None
-        override = self.settings.backbone
-        want = manifest.backbone_delta.sha256 if manifest.backbone_delta else None
-        same = cur is not None and (override is not None or (cur.id == ref.id and cur.revision == ref.revision))
-        same = same and cur is not None and (cur.delta.sha256 if cur.delta else None) == want
-        # An engine (vLLM) is started for one pooling and sequence limit; another artifact may need a new one.
-        if cur is not None and same and (cur.engine is None or cur.engine.serves(manifest.pooling, ref.max_length)):
-            return cur, False
-        spec = override or ref.id
-        options = self.settings.backbone_options(manifest.pooling, ref.max_length)
-        delta = read_delta(self.store.version_dir(manifest.model, manifest.version), manifest.backbone_delta)
-        if delta is not None:  # only then: a loader that predates deltas still loads every other artifact
-            options["delta"] = delta
-        backbone = self.backbone_loader(spec, **options)
-        if override is None and backbone.revision != ref.revision:
-            raise ArtifactError(
-                f"artifact {manifest.model}/{manifest.version} was trained on backbone {ref.id} revision "
-                f"{ref.revision[:12]}, but that backbone now has revision {backbone.revision[:12]}",
-                field="backbone.revision",
-            )
-        return backbone, True
-
     def _load(self, version: str) -> tuple[LoadedModel, bool]:
-        manifest, head = self.store.load(self.settings.model, version)  # verifies every file's sha256
-        backbone, fresh = self._backbone_for(manifest)
-        config = self.settings.scoring_config(manifest.backbone.max_length)
-        rm = RewardModel(backbone, head, manifest, config)  # checks compatibility
+        current = self.current.rm.backbone if self.current else None
+        rm = load_reward_model(
+            self.store,
+            self.settings.model,
+            version,
+            self.settings.backbone_options(),
+            self.settings.scoring_config,
+            reuse=current,
+            loader=self.backbone_loader,
+        )
+        manifest, backbone, fresh = rm.manifest, rm.backbone, rm.backbone is not current
         [smoke] = rm.score([SMOKE_ITEM], detail=True)
         total = sum(smoke.contributions.values())
         if not math.isfinite(smoke.score) or abs(total - smoke.score) > 1e-3 * max(1.0, abs(smoke.score)):

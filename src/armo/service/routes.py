@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from armo import protocol as p
 from armo.model_store.errors import ModelNotLoadedError
-from armo.service import protocol as p
 from armo.service.auth import CALLER
 from armo.service.cancellation import unless_disconnected
 from armo.service.errors import ShuttingDownError

@@ -18,10 +18,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from armo import protocol as p
 from armo.model_store.errors import ArmoError, InputError, ModelNotLoadedError, NonFiniteScoreError
 from armo.model_store.heads import preference_probability
 from armo.model_store.reward_model import ItemResult, Prepared, RewardModel, ScoreItem, Steer, Steering
-from armo.service import protocol as p
 from armo.service.batcher import MicroBatcher
 from armo.service.chat_template import parse
 from armo.service.errors import clean, kind_of
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Limits:
-    """Built by `Settings.limits` (the only source of defaults)."""
+    """Built by `armo.service.app.limits` from the settings (the only source of defaults)."""
 
     max_items: int
     max_chars: int

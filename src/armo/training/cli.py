@@ -10,7 +10,7 @@ from typing import Annotated, Literal, cast, get_args
 
 import typer
 
-from armo.model_store.store import BUNDLED_ROOT
+from armo.model_store.bundled import BUNDLED_ROOT
 from armo.training.config import TrainConfig, load_config
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def train_extract(
     gpus_per_actor: Annotated[float, typer.Option(help="--ray: GPUs per actor")] = 0.0,
 ) -> None:
     """Featurise the training set (or the evaluation set) into the feature cache; resumable, locally or on Ray."""
-    from armo.training.featurize import featurize
+    from armo.training.featurize import featurize, run_backbone
     from armo.training.prepare import build_eval_set, build_training_set
 
     cfg = _config(config, sets)
@@ -78,7 +78,13 @@ def train_extract(
             raise typer.BadParameter(
                 "GPUs per actor need a GPU device: add --set device=cuda", param_hint="--gpus-per-actor"
             )
-        pool = ray_pool(cfg.backbone, Pool(actors, threads_per_actor, gpus_per_actor, ray_address), cfg.device)
+        pool = ray_pool(
+            run_backbone(cfg),  # the key the cache is filed under; the actors load the same (stage0.delta included)
+            cfg.backbone,
+            Pool(actors, threads_per_actor, gpus_per_actor, ray_address),
+            cfg.device,
+            delta=cfg.stage0.delta,
+        )
     _, seconds = featurize(cfg, ds, name, only_part=part, pool=pool)
     typer.echo(f"{name}: {len(ds.items)} responses featurised in {seconds:.0f} s")
 
@@ -128,7 +134,7 @@ def train_backbone(
     every variant is its own run (<name>-0 is the config, <name>-1 … the variants), compared on validation pairs;
     the best is printed. The delta is <out_dir>/<run>/backbone_delta.safetensors: train on it with
     `armo train run --set stage0.delta=<that path>`."""
-    from armo.training.backbone_tuning import tune
+    from armo.training.stage0.tuning import tune
 
     _config(config, sets)  # logging, and a bad config fails before the cache is built
     tried = _variants(config, sets, variants)
@@ -326,30 +332,24 @@ def eval_command(
     ] = "none",
 ) -> None:
     """Evaluate a published artifact on RewardBench v1 (features cached; same cap as the training config)."""
-    from armo.model_store.backbone import Quantize, load_backbone
-    from armo.model_store.delta import read_delta
+    from armo.model_store.backbone import Quantize
     from armo.model_store.quant import SCHEME
     from armo.model_store.store import ModelStore
     from armo.training.evaluate import evaluate_artifact
-    from armo.training.featurize import artifact_backbone, featurize
+    from armo.training.featurize import featurize, load_artifact
     from armo.training.prepare import build_eval_set
     from armo.training.report import print_scores
 
+    if quantize not in get_args(Quantize):
+        raise typer.BadParameter(f"must be one of {', '.join(get_args(Quantize))}", param_hint="--quantize")
     cfg = _config(config, sets)
-    models = ModelStore(store)
-    manifest, head = models.load(model, version)
-    if quantize == "none":
-        backbone = artifact_backbone(cfg.backbone, models, manifest, cfg.device)
-    elif quantize in get_args(Quantize):  # the cache key does not see quantisation: own directory per mode/scheme
+    if quantize != "none":  # the cache key does not see quantisation: own directory per mode/scheme
         cfg = _config(config, [*(sets or []), f"cache_dir={Path(cfg.cache_dir) / quantize / SCHEME}"])
-        delta = read_delta(models.version_dir(model, manifest.version), manifest.backbone_delta)
-        backbone = load_backbone(cfg.backbone, quantize=cast(Quantize, quantize), delta=delta)
-    else:
-        raise typer.BadParameter(f"must be one of {get_args(Quantize)}", param_hint="--quantize")
+    rm = load_artifact(cfg, ModelStore(store), model, version, cast(Quantize, quantize))
     ds = build_eval_set(cfg.eval, fast)
-    table, seconds = featurize(cfg, ds, "rewardbench-fast" if fast else "rewardbench-full", backbone)
-    result = evaluate_artifact(manifest, head, backbone, ds, table, out, fast=fast)
+    table, seconds = featurize(cfg, ds, "rewardbench-fast" if fast else "rewardbench-full", rm.backbone)
+    result = evaluate_artifact(rm, ds, table, out, fast=fast)
     result.scores["extract_seconds"] = seconds
     (out / "rewardbench.json").write_text(json.dumps(result.scores, indent=2))
-    print_scores(result.scores, title=f"{manifest.model}/{manifest.version}")
+    print_scores(result.scores, title=f"{rm.name}/{rm.version}")
     typer.echo(f"results: {out / 'rewardbench.json'}")

@@ -15,7 +15,7 @@ from armo.model_store.devices import check_device
 from armo.model_store.heads import GatingConfig
 from armo.model_store.manifest import Pooling
 from armo.model_store.rules import RULES
-from armo.training.tune_config import BackboneTuneConfig
+from armo.training.stage0.config import BackboneTuneConfig
 
 
 def default_data_root() -> str:

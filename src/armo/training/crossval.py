@@ -24,6 +24,7 @@ from armo.training.artifact import assemble
 from armo.training.config import DataConfig, TrainConfig
 from armo.training.data import PairRow, id_fraction
 from armo.training.evaluate import score_items
+from armo.training.extract import scoring_config
 from armo.training.featurize import TrainingFeatures, load_features, run_backbone
 from armo.training.metrics import balanced_mean, pair_accuracy, wins
 from armo.training.objective_set import fit_objectives
@@ -81,7 +82,7 @@ def out_of_fold_margins(cfg: TrainConfig, f: TrainingFeatures, k: int) -> np.nda
         fit = subset(f, fit_pairs, fit_ratings)
         result = assemble(cfg, fit, fit_objectives(cfg, fit), backbone)
         scored = subset(f, test, [], held_out=True)
-        rm = RewardModel(backbone, result.head, result.manifest)
+        rm = RewardModel(backbone, result.head, result.manifest, scoring_config(cfg.extract))
         scores = score_items(rm, scored.train, scored.table)[0].double().numpy()
         for row, (c, r) in zip(test, scored.train.pair_items, strict=True):
             margin[row] = scores[c] - scores[r]

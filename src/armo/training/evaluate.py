@@ -11,10 +11,7 @@ from typing import Any
 
 import torch
 
-from armo.model_store.backbone import Backbone
 from armo.model_store.encoding import Encoded
-from armo.model_store.heads import ArmoHead
-from armo.model_store.manifest import Manifest
 from armo.model_store.reward_model import Prepared, RewardModel, ScoreItem
 from armo.training.extract import FeatureTable
 from armo.training.prepare import Dataset
@@ -51,9 +48,7 @@ def score_items(
 
 
 def evaluate_artifact(
-    manifest: Manifest,
-    head: ArmoHead,
-    backbone: Backbone,
+    rm: RewardModel,
     ds: Dataset,
     table: FeatureTable,
     out_dir: Path | None,
@@ -61,7 +56,7 @@ def evaluate_artifact(
     fast: bool,
     plots: bool = True,
 ) -> EvalResult:
-    rm = RewardModel(backbone, head, manifest)
+    manifest = rm.manifest
     s, w, deb = score_items(rm, ds, table)
     chosen = [float(s[c]) for c, _ in ds.pair_items]
     rejected = [float(s[r]) for _, r in ds.pair_items]

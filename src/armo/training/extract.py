@@ -36,7 +36,7 @@ from armo.model_store.batching import UNLIMITED, Budget, Piece, cut
 from armo.model_store.encoding import EncodedGroup, Message, Truncation, encode_group
 from armo.model_store.forward import Features, PassBudget, group_features
 from armo.model_store.manifest import Pooling
-from armo.model_store.reward_model import ScoreItem
+from armo.model_store.reward_model import ScoreItem, ScoringConfig
 from armo.training.config import ExtractConfig
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,11 @@ class FeatureTable:
 def truncation(cfg: ExtractConfig) -> Truncation:
     """Training's length policy: a long rated response still carries its label, so it is cut, not refused."""
     return Truncation(max_length=cfg.max_length, min_prompt_tokens=cfg.min_prompt_tokens, long_response="cut")
+
+
+def scoring_config(cfg: ExtractConfig) -> ScoringConfig:
+    """How training's RewardModels fit sequences: the extraction's own truncation (the features were made with it)."""
+    return ScoringConfig(truncation(cfg), PassBudget(cfg.max_pass_tokens, UNLIMITED), "right")
 
 
 def forward_groups(backbone: Backbone, groups: Sequence[EncodedGroup]) -> Features:
@@ -163,7 +168,7 @@ def encode_shard(backbone: Backbone, groups: Sequence[Group], cfg: ExtractConfig
 
 def shard_passes(backbone: Backbone, encoded: list[EncodedGroup], cfg: ExtractConfig) -> list[list[int]]:
     """A shard's forward passes (group indices): the same cut wherever the shard is computed, so a cache of one
-    layer's hidden states (`armo.training.layer_cache`) lines up with the passes that read it."""
+    layer's hidden states (`armo.training.stage0.layer_cache`) lines up with the passes that read it."""
     return _batches(encoded, cfg.max_pass_tokens, backbone.packed)
 
 

@@ -7,36 +7,56 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from armo.model_store.backbone import Backbone, load_backbone
-from armo.model_store.delta import read_delta, read_run_delta
-from armo.model_store.manifest import Manifest
+from armo.model_store.backbone import Backbone, Quantize, load_backbone
+from armo.model_store.delta import LoadedDelta, read_run_delta
+from armo.model_store.loader import BackboneOptions, load_reward_model
+from armo.model_store.reward_model import RewardModel
 from armo.model_store.store import ModelStore
 from armo.training.config import TrainConfig
-from armo.training.extract import FeatureTable, ShardPool, run_extraction
-from armo.training.layer_cache import cached_pools
+from armo.training.extract import FeatureTable, ShardPool, run_extraction, scoring_config
 from armo.training.prepare import Dataset, build_eval_set, build_training_set, part_bounds
+from armo.training.stage0 import has_layer_cache
 
-_BACKBONES: dict[tuple[str, str, str], Backbone] = {}
+_BACKBONES: dict[tuple[str, str, str, str], Backbone] = {}
+
+
+def load_backbone_once(spec: str, **kwargs: Any) -> Backbone:
+    """`load_backbone`, once per process for each backbone, delta, device and quantisation: training reads the same
+    backbone in many stages and comparisons."""
+    delta: LoadedDelta | None = kwargs.get("delta")
+    key = (spec, delta.sha256 if delta else "", str(kwargs.get("device", "cpu")), str(kwargs.get("quantize", "none")))
+    if key not in _BACKBONES:
+        _BACKBONES[key] = load_backbone(spec, **kwargs)
+    return _BACKBONES[key]
 
 
 def get_backbone(spec: str, delta: str = "", device: str = "cpu") -> Backbone:
-    """`spec` loaded once per process and device; with `delta` (a stage-0 delta file) merged into it."""
-    if (spec, delta, device) not in _BACKBONES:
-        loaded = read_run_delta(Path(delta)) if delta else None
-        _BACKBONES[spec, delta, device] = load_backbone(spec, delta=loaded, device=device)
-    return _BACKBONES[spec, delta, device]
+    """`spec` on `device`, with `delta` (a stage-0 delta file) merged into it; loaded once per process."""
+    return load_backbone_once(spec, delta=read_run_delta(Path(delta)) if delta else None, device=device)
 
 
-def artifact_backbone(spec: str, store: ModelStore, manifest: Manifest, device: str = "cpu") -> Backbone:
-    """The backbone a published artifact scores with: `spec`, with the artifact's delta merged when it has one."""
-    if manifest.backbone_delta is None:
-        return get_backbone(spec, device=device)
-    key = (spec, f"artifact:{manifest.backbone_delta.sha256}", device)
-    if key not in _BACKBONES:
-        delta = read_delta(store.version_dir(manifest.model, manifest.version), manifest.backbone_delta)
-        _BACKBONES[key] = load_backbone(spec, delta=delta, device=device)
-    return _BACKBONES[key]
+def backbone_options(cfg: TrainConfig, quantize: Quantize = "none") -> BackboneOptions:
+    """Training's backbone: the config's (it overrides an artifact's id), fp32, in-process, on the config's device."""
+    return BackboneOptions(
+        override=cfg.backbone,
+        cache_dir=None,
+        device=cfg.device,
+        dtype="float32",
+        quantize=quantize,
+        packed=True,
+        vllm=None,
+    )
+
+
+def load_artifact(
+    cfg: TrainConfig, store: ModelStore, model: str, ref: str, quantize: Quantize = "none"
+) -> RewardModel:
+    """A published artifact on training's backbone (its delta merged), with training's own truncation."""
+    scoring = scoring_config(cfg.extract)
+    options = backbone_options(cfg, quantize)
+    return load_reward_model(store, model, ref, options, lambda _: scoring, loader=load_backbone_once)
 
 
 def run_backbone(cfg: TrainConfig) -> Backbone:
@@ -94,10 +114,15 @@ class TrainingFeatures:
 
 def load_features(cfg: TrainConfig, backbone: Backbone | None, with_eval: bool) -> TrainingFeatures:
     """The training set's features (from the stage-0 layer cache through the backbone's top layers when that cache
-    is complete: minutes instead of a full extraction) and, with `with_eval`, the evaluation set's."""
+    is complete: minutes instead of a full extraction) and, with `with_eval`, the evaluation set's. Stage 0's code is
+    imported only when the cache directory holds a layer cache at all."""
     train = build_training_set(cfg.data)
     bb = backbone or run_backbone(cfg)
-    pools = cached_pools(cfg, train, bb)
+    pools: Sequence[ShardPool | None] = ()
+    if has_layer_cache(Path(cfg.cache_dir)):
+        from armo.training.stage0.layer_cache import cached_pools
+
+        pools = cached_pools(cfg, train, bb)
     table, seconds = featurize(cfg, train, "train", bb, pools=pools)
     feats = TrainingFeatures(train, table, seconds)
     if with_eval:

@@ -10,11 +10,10 @@ import numpy as np
 import torch
 
 from armo.model_store.heads import ArmoHead
-from armo.model_store.reward_model import RewardModel
 from armo.model_store.store import ModelStore
 from armo.training.config import TrainConfig
 from armo.training.evaluate import score_items
-from armo.training.featurize import artifact_backbone, load_features
+from armo.training.featurize import load_artifact, load_features
 from armo.training.gating import pair_tensors
 from armo.training.prepare import Dataset, build_training_set, pair_group
 
@@ -77,8 +76,8 @@ def validation_accuracy(cfg: TrainConfig, versions: list[str], store: Path) -> d
     out: dict[str, dict[str, float]] = {}
     won: dict[str, np.ndarray] = {}
     for version in versions:
-        manifest, head = models.load(cfg.name, version)
-        trained = manifest.training.get("data", {})
+        rm = load_artifact(cfg, models, cfg.name, version)
+        trained = rm.manifest.training.get("data", {})
         split = (trained.get("split_by", "id"), trained.get("val_fraction"))
         if split != (cfg.data.split_by, cfg.data.val_fraction):
             raise ValueError(
@@ -87,9 +86,8 @@ def validation_accuracy(cfg: TrainConfig, versions: list[str], store: Path) -> d
                 "its training pairs"
             )
         # Each artifact reads its own backbone's features (a reward-tuned one has its own).
-        backbone = artifact_backbone(cfg.backbone, models, manifest, cfg.device)
-        f = load_features(cfg, backbone, with_eval=False)
-        scores, _, _ = score_items(RewardModel(backbone, head, manifest), f.train, f.table)
+        f = load_features(cfg, rm.backbone, with_eval=False)
+        scores, _, _ = score_items(rm, f.train, f.table)
         margin = scores[chosen] - scores[rejected]
         out[version] = pair_accuracy(margin, groups)
         won[version] = wins(margin)

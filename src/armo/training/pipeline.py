@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from armo.model_store.delta import DELTA_FILE
+from armo.model_store.reward_model import RewardModel
 from armo.model_store.store import ModelStore
 from armo.training.artifact import RunResult, assemble
 from armo.training.config import TrainConfig
 from armo.training.evaluate import evaluate_artifact
+from armo.training.extract import scoring_config
 from armo.training.featurize import load_features, run_backbone
 from armo.training.objective_set import fit_objectives
 
@@ -36,9 +38,8 @@ def run(cfg: TrainConfig, run_name: str = "default") -> RunResult:
     metrics: dict[str, Any] = dict(result.report)
     metrics["wall_seconds"] = {"extract_train": f.seconds, "extract_eval": f.eval_seconds, "fit": fit_seconds}
     if cfg.evaluate and f.eval is not None and f.eval_table is not None:
-        result.eval = evaluate_artifact(
-            result.manifest, result.head, backbone, f.eval, f.eval_table, out_dir, fast=cfg.fast_eval, plots=cfg.plots
-        )
+        rm = RewardModel(backbone, result.head, result.manifest, scoring_config(cfg.extract))
+        result.eval = evaluate_artifact(rm, f.eval, f.eval_table, out_dir, fast=cfg.fast_eval, plots=cfg.plots)
         metrics["rewardbench"] = result.eval.scores
     metrics["wall_seconds"]["total"] = time.perf_counter() - started
     manifest = result.manifest.model_copy(update={"metrics": metrics})

@@ -13,8 +13,8 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from armo.model_store.manifest import Pooling
-from armo.training.layer_cache import LayerCache, run_top
 from armo.training.prepare import Dataset, part_bounds
+from armo.training.stage0.layer_cache import LayerCache, run_top
 
 PassKey = tuple[int, int, int]  # (cache, shard, pass)
 

@@ -3,7 +3,7 @@ pairs, then hand the tuned backbone (as a delta) to the ArmoRM stages.
 
 ArmoRM starts from a Bradley-Terry reward model of its backbone and freezes it for the regression and gating stages;
 the heads read features that preference training already shaped. On two CPU cores we tune what is affordable:
-- the inputs of layer L−K are cached once for every token of the training set (`armo.training.layer_cache`);
+- the inputs of layer L−K are cached once for every token of the training set (`stage0.layer_cache`);
 - the scalar reward head on the pooled response feature the artifact reads starts as the frozen backbone's linear BT
   model (`stage0.head_warmup`), validated as epoch 0: tuning starts from a trained RM, as ArmoRM's does, and has to
   beat it to change the backbone;
@@ -39,9 +39,9 @@ from armo.model_store.backbone import Backbone
 from armo.model_store.delta import DELTA_FILE, LORA_A, LORA_B, RUN_DELTA_ENTRY
 from armo.model_store.manifest import BackboneDelta, Pooling, sha256_file
 from armo.training.config import BackboneTuneConfig, TrainConfig
-from armo.training.layer_cache import LayerCache, decoder_layers, layer_caches, top_view
 from armo.training.prepare import Dataset
-from armo.training.tune_batches import Batch, PassRef, make_batch, pair_diffs, pass_index
+from armo.training.stage0.batches import Batch, PassRef, make_batch, pair_diffs, pass_index
+from armo.training.stage0.layer_cache import LayerCache, decoder_layers, layer_caches, top_view
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,13 @@
-"""Stage 0 (`armo train backbone`) on the tiny random Llama: the BT loss goes down, the delta travels through the
-store with its checksum, a tampered or foreign delta is refused, scores with the delta equal an independent
-forward (peft's unmerged adapters on a plain padded pass), a killed run resumes, and the service reloads the
-backbone exactly when the delta changes."""
+"""Stage 0 (`armo train backbone`) on the tiny random Llama: a run without a layer cache imports none of it, the BT
+loss goes down, the delta travels through the store with its checksum, a tampered or foreign delta is refused, scores
+with the delta equal an independent forward (peft's unmerged adapters on a plain padded pass), a killed run resumes,
+and the service reloads the backbone exactly when the delta changes."""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,14 +22,15 @@ from armo.model_store.errors import ArtifactError
 from armo.model_store.manifest import BackboneDelta, sha256_file
 from armo.model_store.reward_model import RewardModel, ScoreItem
 from armo.model_store.store import ModelStore
-from armo.training.backbone_tuning import TARGETS, tune
 from armo.training.config import TrainConfig, load_config
 from armo.training.extract import run_extraction
 from armo.training.featurize import load_features
-from armo.training.layer_cache import LayerCache, decoder_layers, layer_caches, top_view
 from armo.training.pipeline import run
 from armo.training.prepare import build_training_set
-from armo.training.tune_batches import make_batch, pass_index
+from armo.training.stage0.batches import make_batch, pass_index
+from armo.training.stage0.layer_cache import LayerCache, decoder_layers, layer_caches, top_view
+from armo.training.stage0.tuning import TARGETS, tune
+from tests.conftest import default_scoring
 from tests.service.conftest import ADMIN, AUTH, CountingLoader, make_settings, serve
 
 ITEMS = [
@@ -143,6 +145,15 @@ def test_a_pair_whose_sides_sit_in_two_extraction_parts_is_trained_through_both(
     torch.testing.assert_close(torch.cat([got[b.chosen], got[b.rejected]]), want, atol=1e-5, rtol=1e-5)
 
 
+def test_a_run_where_stage0_never_ran_reads_no_stage0_code(
+    tiny_config: TrainConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for module in ("layer_cache", "batches", "tuning"):
+        monkeypatch.setitem(sys.modules, f"armo.training.stage0.{module}", None)  # importing it now fails
+    f = load_features(tiny_config, None, with_eval=False)
+    assert len(f.table) == len(f.train.items)
+
+
 def test_a_killed_run_resumes_where_it_stopped(tiny_config: TrainConfig) -> None:
     whole = tune(stage0_config(tiny_config, epochs=2), "whole", progress=False)
     cfg = stage0_config(tiny_config, epochs=2)
@@ -209,7 +220,7 @@ def test_the_delta_travels_with_the_artifact_and_scores_equal_an_independent_for
     assert ref.sha256 == sha256_file(Path(cfg.stage0.delta))
     manifest, head = store.load("armo-smollm2", version)
     delta = read_delta(store.version_dir("armo-smollm2", version), ref)
-    served = RewardModel(load_backbone(str(tiny_backbone_dir), delta=delta), head, manifest)
+    served = RewardModel(load_backbone(str(tiny_backbone_dir), delta=delta), head, manifest, default_scoring(manifest))
 
     # Independent: peft's own (unmerged) adapters on the base model, on padded passes without packing.
     model = AutoModel.from_pretrained(tiny_backbone_dir, dtype=torch.float32)
@@ -244,11 +255,12 @@ def test_the_delta_travels_with_the_artifact_and_scores_equal_an_independent_for
         ),
         head,
         manifest,
+        default_scoring(manifest),
     )
     got = [r.score for r in served.score(ITEMS)]
     want = [r.score for r in independent.score(ITEMS)]
     assert got == pytest.approx(want, abs=1e-4)
-    base = RewardModel(load_backbone(str(tiny_backbone_dir)), head, manifest)
+    base = RewardModel(load_backbone(str(tiny_backbone_dir)), head, manifest, default_scoring(manifest))
     assert [r.score for r in base.score(ITEMS)] != pytest.approx(got, abs=1e-3)  # the delta is what differs
 
 

@@ -1,6 +1,6 @@
 """Stage 0's cache: the hidden states entering the backbone's top layers, for every token of a job's packed passes.
 
-Tuning the top K of L layers (`armo.training.backbone_tuning`) reads the input of layer L−K at every token in every
+Tuning the top K of L layers (`stage0.tuning`) reads the input of layer L−K at every token in every
 epoch. Computing it costs (L−K)/L of a forward pass, so it is computed once and kept. It is laid out exactly like
 the feature cache (`armo.training.extract`: the same groups, shards and passes, each prompt stored once with its
 responses after it), so:
@@ -8,7 +8,7 @@ responses after it), so:
 - after training, the tuned backbone's features for the heads (stages 1-3) come from the cache through the tuned
   top layers (`top_pool`), not from a second full extraction.
 Values are kept in fp32: features read through the cached top layers equal the tuned backbone's forward up to float
-reordering (tests/training/test_backbone_tuning.py).
+reordering (tests/training/test_stage0.py).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from armo.training.extract import (
     shard_passes,
 )
 from armo.training.prepare import Dataset, part_bounds
+from armo.training.stage0 import layer_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class LayerCache:
         self.groups, self.shards = shard_layout(self.items, cfg)
         # The inputs of layer `start` are the base backbone's whatever delta the top layers get.
         key = job_key(dataclasses.replace(backbone, delta=None), self.items, cfg, data_hashes or {})
-        self.directory = cache_root / f"{name}-{key[:16]}-layer{start}"
+        self.directory = layer_cache_dir(cache_root, name, key, start)
         self._encoded: dict[int, tuple[list[EncodedGroup], list[list[int]]]] = {}
 
     def path(self, shard: int) -> Path:

@@ -1,0 +1,117 @@
+"""Loading a published artifact as a `RewardModel`: store → delta → backbone → revision check → RewardModel.
+
+The one way every caller gets a model out of a store: the service's reloader, `armo batch` (local and on Ray),
+training's comparisons and `armo eval`. A backbone already in memory is reused when it is the one the artifact
+names (same id and revision, or the configured override; the same delta; an engine started for the artifact's
+pooling and length), so a heads-only update costs milliseconds and no second copy of the weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from armo.model_store.backbone import Backbone, Quantize, load_backbone
+from armo.model_store.delta import read_delta
+from armo.model_store.errors import ArtifactError
+from armo.model_store.manifest import Manifest
+from armo.model_store.reward_model import RewardModel, ScoringConfig
+from armo.model_store.store import ModelStore
+
+BackboneLoader = Callable[..., Backbone]  # load_backbone's signature; tests and training pass their own
+ScoringFor = Callable[[int], ScoringConfig]  # the scoring config of an artifact with this max_length
+
+
+@dataclass(frozen=True)
+class VllmResources:
+    """What a vLLM engine may take (its pooling and length come from the artifact)."""
+
+    kv_cache_gib: int  # CPU: key/value and prefix cache
+    gpu_memory_utilization: float  # GPU: share of device memory
+
+
+@dataclass(frozen=True)
+class BackboneOptions:
+    """How a backbone is loaded and run. No defaults here: `Settings.backbone_options` builds it for the service and
+    `armo batch`; training builds its own from its config."""
+
+    override: str | None  # a backbone to use instead of the manifest's `backbone.id` (its revision is then not checked)
+    cache_dir: Path | None
+    device: str
+    dtype: str
+    quantize: Quantize
+    packed: bool
+    vllm: VllmResources | None  # None: in-process transformers
+
+    def load_kwargs(self, manifest: Manifest) -> dict[str, Any]:
+        """`load_backbone`'s keyword arguments for this artifact (the delta is added by the caller)."""
+        vllm = None
+        if self.vllm is not None:  # the engine module (safetensors, the view-making code) only when asked for
+            from armo.model_store.vllm_engine import VllmOptions
+
+            vllm = VllmOptions(
+                pooling=manifest.pooling,
+                max_length=manifest.backbone.max_length,
+                dtype=self.dtype,
+                kv_cache_gib=self.vllm.kv_cache_gib,
+                gpu_memory_utilization=self.vllm.gpu_memory_utilization,
+            )
+        return {
+            "cache_dir": self.cache_dir,
+            "device": self.device,
+            "dtype": self.dtype,
+            "quantize": self.quantize,
+            "packed": self.packed,
+            "vllm": vllm,
+        }
+
+
+def reusable(backbone: Backbone, manifest: Manifest, options: BackboneOptions) -> bool:
+    """Whether `backbone` (already loaded) is the one this artifact scores with under these options."""
+    ref = manifest.backbone
+    if options.override is None and (backbone.id, backbone.revision) != (ref.id, ref.revision):
+        return False
+    want = manifest.backbone_delta.sha256 if manifest.backbone_delta else None
+    if (backbone.delta.sha256 if backbone.delta else None) != want:
+        return False
+    # An engine (vLLM) is started for one pooling and sequence limit; another artifact may need a new one.
+    return backbone.engine is None or backbone.engine.serves(manifest.pooling, ref.max_length)
+
+
+def artifact_backbone(
+    store: ModelStore, manifest: Manifest, options: BackboneOptions, loader: BackboneLoader = load_backbone
+) -> Backbone:
+    """The backbone an artifact names (or the override), its delta merged, its revision checked."""
+    ref = manifest.backbone
+    kwargs = options.load_kwargs(manifest)
+    delta = read_delta(store.version_dir(manifest.model, manifest.version), manifest.backbone_delta)
+    if delta is not None:  # only then: a loader that predates deltas still loads every other artifact
+        kwargs["delta"] = delta
+    backbone = loader(options.override or ref.id, **kwargs)
+    if options.override is None and backbone.revision != ref.revision:
+        raise ArtifactError(
+            f"artifact {manifest.model}/{manifest.version} was trained on backbone {ref.id} revision "
+            f"{ref.revision[:12]}, but that backbone now has revision {backbone.revision[:12]}",
+            field="backbone.revision",
+        )
+    return backbone
+
+
+def load_reward_model(
+    store: ModelStore,
+    model: str,
+    ref: str,
+    options: BackboneOptions,
+    scoring: ScoringFor,
+    *,
+    reuse: Backbone | None = None,
+    loader: BackboneLoader = load_backbone,
+) -> RewardModel:
+    """`model` at `ref` (a version or an alias) from `store`, every file's checksum verified, on `reuse` when that
+    backbone fits the artifact, else on a freshly loaded one (`RewardModel.backbone is reuse` tells which)."""
+    manifest, head = store.load(model, ref)
+    fits = reuse is not None and reusable(reuse, manifest, options)
+    backbone = reuse if reuse is not None and fits else artifact_backbone(store, manifest, options, loader)
+    return RewardModel(backbone, head, manifest, scoring(manifest.backbone.max_length))  # checks compatibility

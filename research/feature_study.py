@@ -4,7 +4,7 @@ The product reads one hidden state per response: the last layer at the end-of-tu
 for an 8B backbone). A 135M backbone may carry more in other layers or in the mean over the response tokens. This
 script featurises a balanced sample of the training pairs once with every layer's hidden states (packed passes:
 each pair's prompt once, both responses after it), and scores each candidate feature with the same linear
-Bradley-Terry probe as training (`armo.training.objectives.bt_weights`), **cross-fitted by prompt**: K folds keyed
+Bradley-Terry probe as training (`armo.training.objective_fits.bt_weights`), **cross-fitted by prompt**: K folds keyed
 by the prompt (so no prompt or shared response is on both sides, see research/NOTEBOOK.md on the id-split leak), the L2
 strength picked on an inner fold of the training folds, every pair scored once out of fold. It prints pair accuracy
 per data group, the balanced mean with its standard error, and each feature's paired difference from the product's
@@ -34,7 +34,7 @@ from armo.model_store.backbone import Backbone, load_backbone
 from armo.training.config import DataConfig, ProbeConfig
 from armo.training.data import id_fraction, load_pairs, stratified_sample
 from armo.training.extract import EncodedGroup, ExtractConfig, encode_group
-from armo.training.objectives import bt_weights
+from armo.training.objective_fits import bt_weights
 from armo.training.prepare import pair_group, prompt_key, valid
 
 

@@ -18,10 +18,11 @@ Only httpx and pydantic are needed: the client runs in a training process that h
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import httpx
 from pydantic import BaseModel
@@ -41,6 +42,7 @@ Item = Mapping[str, Any]  # {"prompt": str} or {"messages": [...]}, plus "respon
 T = TypeVar("T", bound=BaseModel)
 H = TypeVar("H", httpx.Client, httpx.AsyncClient)
 RETRY_STATUSES = frozenset({429, 503})
+Outcome = httpx.Response | httpx.TransportError  # what one try of a request ends with
 
 
 class RewardServiceError(Exception):
@@ -86,8 +88,18 @@ class _Policy:
                 return float(value)
         return float(self.backoff_s * 2 ** (attempt - 1) * (1 + 0.25 * random.random()))
 
-    def retryable(self, response: httpx.Response) -> bool:
-        return response.status_code in RETRY_STATUSES
+    def retry_in(self, attempt: int, outcome: Outcome) -> float | None:
+        """After try `attempt` (1-based): None when `outcome` is the answer, else the seconds to wait before the next
+        try; raises (the transport error, or the service's error) when it may not be retried or no try is left."""
+        if isinstance(outcome, httpx.Response):
+            if outcome.is_success:
+                return None
+            if outcome.status_code not in RETRY_STATUSES or attempt > self.max_retries:
+                raise _error(outcome)
+            return self.delay(attempt, outcome)
+        if attempt > self.max_retries:
+            raise outcome
+        return self.delay(attempt, None)
 
     def chunk_size(self) -> int:
         if self.max_items is not None:
@@ -167,19 +179,14 @@ class RewardClient(_Client[httpx.Client]):
         self._http.close()
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
-        for attempt in range(1, self._policy.max_retries + 2):
+        for attempt in itertools.count(1):  # ends by returning, or by the policy raising
             try:
-                response = self._http.request(method, path, json=body, headers=self._policy.headers)
-            except httpx.TransportError:
-                if attempt > self._policy.max_retries:
-                    raise
-                time.sleep(self._policy.delay(attempt, None))
-                continue
-            if response.is_success:
-                return response
-            if not self._policy.retryable(response) or attempt > self._policy.max_retries:
-                raise _error(response)
-            time.sleep(self._policy.delay(attempt, response))
+                outcome: Outcome = self._http.request(method, path, json=body, headers=self._policy.headers)
+            except httpx.TransportError as e:
+                outcome = e
+            if (wait := self._policy.retry_in(attempt, outcome)) is None:
+                return cast(httpx.Response, outcome)
+            time.sleep(wait)
         raise AssertionError("unreachable")
 
     def _post(self, path: str, body: dict[str, Any], model: type[T]) -> T:
@@ -238,19 +245,14 @@ class AsyncRewardClient(_Client[httpx.AsyncClient]):
         await self._http.aclose()
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
-        for attempt in range(1, self._policy.max_retries + 2):
+        for attempt in itertools.count(1):  # the same loop as RewardClient's, awaiting instead of blocking
             try:
-                response = await self._http.request(method, path, json=body, headers=self._policy.headers)
-            except httpx.TransportError:
-                if attempt > self._policy.max_retries:
-                    raise
-                await asyncio.sleep(self._policy.delay(attempt, None))
-                continue
-            if response.is_success:
-                return response
-            if not self._policy.retryable(response) or attempt > self._policy.max_retries:
-                raise _error(response)
-            await asyncio.sleep(self._policy.delay(attempt, response))
+                outcome: Outcome = await self._http.request(method, path, json=body, headers=self._policy.headers)
+            except httpx.TransportError as e:
+                outcome = e
+            if (wait := self._policy.retry_in(attempt, outcome)) is None:
+                return cast(httpx.Response, outcome)
+            await asyncio.sleep(wait)
         raise AssertionError("unreachable")
 
     async def _post(self, path: str, body: dict[str, Any], model: type[T]) -> T:

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from armo.cli import app
+from armo.training.bradley_terry import SUMMARY_KEYS
 from armo.training.config import TrainConfig
-from armo.training.metrics import SUMMARY_KEYS
 
 
 def test_train_run_then_eval(tiny_config: TrainConfig, tmp_path: Path) -> None:

@@ -8,10 +8,10 @@ import copy
 import numpy as np
 import pytest
 
+from armo.training.bradley_terry import SUMMARY_KEYS, balanced_mean
 from armo.training.config import TrainConfig
 from armo.training.crossval import cross_validate, fold_split, folds_of, subset
 from armo.training.featurize import load_features
-from armo.training.metrics import SUMMARY_KEYS, balanced_mean
 from armo.training.prepare import pair_group, prompt_key
 
 

@@ -17,9 +17,10 @@ from armo.model_store import rules
 from armo.model_store.backbone import load_backbone
 from armo.model_store.reward_model import RewardModel, ScoreItem
 from armo.model_store.store import ModelStore
+from armo.training.bradley_terry import SUMMARY_KEYS, pair_accuracy
+from armo.training.compare import validation_accuracy
 from armo.training.config import TrainConfig
 from armo.training.featurize import load_features
-from armo.training.metrics import SUMMARY_KEYS, pair_accuracy, validation_accuracy
 from armo.training.objective_set import RuleObjective, fit_objectives, probe_name
 from armo.training.pipeline import run, sweep
 from armo.training.prepare import Dataset

@@ -339,7 +339,7 @@ def _on(cfg: TrainConfig, device: str, root: Path) -> TrainConfig:
 @pytest.mark.cuda
 def test_stage0_and_its_features_on_cuda_match_the_cpu(tiny_config: TrainConfig, tmp_path: Path) -> None:
     """The same commands on a GPU (`device=cuda`): the layer cache, the BT epochs, the features read through the
-    tuned top layers and stages 1-3 on them agree with the CPU run up to float rounding (fp32 on both)."""
+    tuned top layers and stages 2-4 on them agree with the CPU run up to float rounding (fp32 on both)."""
     runs, features, heads = {}, {}, {}
     for device in ("cpu", "cuda"):
         cfg = _on(stage0_config(tiny_config, epochs=1, head_warmup=True), device, tmp_path)

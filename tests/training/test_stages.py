@@ -11,8 +11,8 @@ from armo.training.artifact import manifest_objectives, standardise_and_debias
 from armo.training.config import DebiasConfig, GatingTrainConfig, ProbeConfig, RegressionConfig, TrainConfig
 from armo.training.debias import Standardiser, fit_debias, identity_debias
 from armo.training.gating import PairTensors, equal_gating, train_gating
+from armo.training.objective_fits import fit_bt_probe, fit_ridge
 from armo.training.objective_set import Objectives, RuleObjective
-from armo.training.objectives import fit_bt_probe, fit_ridge
 
 
 def test_ridge_recovers_a_linear_target_and_reports_metrics() -> None:

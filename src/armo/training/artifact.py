@@ -20,8 +20,14 @@ from armo.training.config import TrainConfig
 from armo.training.debias import DebiasResult, Standardiser, fit_debias, identity_debias
 from armo.training.evaluate import EvalResult
 from armo.training.featurize import TrainingFeatures
-from armo.training.gating import balanced_weights, equal_gating, gating_config, pair_tensors, train_gating
-from armo.training.metrics import val_pair_accuracy
+from armo.training.gating import (
+    balanced_weights,
+    equal_gating,
+    gating_config,
+    pair_tensors,
+    train_gating,
+    val_pair_accuracy,
+)
 from armo.training.objective_set import Objectives, RuleObjective, as_float64, in_probe_share
 
 # The token cap the artifact declares (manifest backbone.max_length): the service truncates requests at the manifest's

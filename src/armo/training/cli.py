@@ -238,7 +238,7 @@ def _print_accuracies(
     from rich.console import Console
     from rich.table import Table
 
-    from armo.training.metrics import SUMMARY_KEYS
+    from armo.training.bradley_terry import SUMMARY_KEYS
 
     nan = float("nan")
 
@@ -277,7 +277,7 @@ def train_compare(
 ) -> None:
     """Published artifacts side by side on this config's validation pairs: the promotion check between
     versions trained on different samples (RewardBench never read)."""
-    from armo.training.metrics import validation_accuracy
+    from armo.training.compare import validation_accuracy
 
     cfg = _config(config, sets)
     _print_accuracies(validation_accuracy(cfg, versions, store or Path(cfg.store)), "version", out)

@@ -21,12 +21,12 @@ import numpy as np
 
 from armo.model_store.reward_model import RewardModel
 from armo.training.artifact import assemble
+from armo.training.bradley_terry import balanced_mean, pair_accuracy, wins
 from armo.training.config import DataConfig, TrainConfig
 from armo.training.data import PairRow, id_fraction
 from armo.training.evaluate import score_items
 from armo.training.extract import scoring_config
-from armo.training.featurize import TrainingFeatures, load_features, run_backbone
-from armo.training.metrics import balanced_mean, pair_accuracy, wins
+from armo.training.featurize import TrainingFeatures, check_same_features, load_features, run_backbone
 from armo.training.objective_set import fit_objectives
 from armo.training.prepare import Dataset, id_stem, pair_group, split_key
 
@@ -98,17 +98,12 @@ def cross_validate(
     `pair_category`), as `by_label`. Nothing is written or published."""
     if k < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {k}")
+    check_same_features(base, variants)
     f = load_features(base, run_backbone(base), with_eval=False)
     groups = [pair_group(p) for p in f.train.pairs]
     out: dict[str, dict[str, float]] = {}
     won: dict[str, np.ndarray] = {}
     for name, cfg in variants.items():
-        if (
-            cfg.data != base.data
-            or cfg.extract != base.extract
-            or (cfg.backbone, cfg.stage0) != (base.backbone, base.stage0)
-        ):
-            raise ValueError(f"variant {name!r} changes the data, extraction or backbone")
         margin = out_of_fold_margins(cfg, f, k)
         acc = pair_accuracy(margin, groups)
         won[name] = wins(margin)

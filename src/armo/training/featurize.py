@@ -1,5 +1,5 @@
-"""Stage 1: featurise a dataset with the frozen backbone (cached; see `extract`), and a run's features in one
-place for the fitting stages."""
+"""Stage 1: featurise a dataset with the run's backbone, frozen or reward-tuned by stage 0 (cached; see `extract`),
+and a run's features in one place for the fitting stages (2-4)."""
 
 from __future__ import annotations
 
@@ -97,6 +97,15 @@ def featurize(
             )
         )
     return FeatureTable.concat(tables), time.perf_counter() - started
+
+
+def check_same_features(base: TrainConfig, variants: dict[str, TrainConfig]) -> None:
+    """Variants compared on `base`'s features (a sweep, a cross-validation) may change objectives, probes, debiasing
+    and gating, not what the features are made of: the data, the extraction or the backbone (stage 0's delta
+    included). Raises ValueError naming the first variant that does."""
+    for name, cfg in variants.items():
+        if (cfg.data, cfg.extract, cfg.backbone, cfg.stage0) != (base.data, base.extract, base.backbone, base.stage0):
+            raise ValueError(f"variant {name!r} changes the data, extraction or backbone: it needs other features")
 
 
 @dataclass

@@ -15,10 +15,10 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from armo.model_store.heads import GatingConfig, GatingNetwork
+from armo.model_store.heads import ArmoHead, GatingConfig, GatingNetwork
+from armo.training.bradley_terry import accuracy, bt_loss, pair_accuracy
 from armo.training.config import GatingTrainConfig
 from armo.training.prepare import Dataset, pair_group
 
@@ -65,22 +65,20 @@ def balanced_weights(ds: Dataset, idx: list[int]) -> Tensor:
     return torch.tensor([len(groups) / (len(counts) * counts[g]) for g in groups])
 
 
-def bt_loss(net: GatingNetwork, batch: PairTensors) -> tuple[Tensor, Tensor]:
-    """(mean BT loss, margins [P])."""
-    margin = (net(batch.x_chosen) * batch.r_chosen).sum(1) - (net(batch.x_rejected) * batch.r_rejected).sum(1)
-    loss = F.softplus(-margin)  # softplus(−m) = −log σ(m)
-    if batch.weight is not None:
-        return (loss * batch.weight).sum() / batch.weight.sum(), margin
-    return loss.mean(), margin
+def gated_margins(net: GatingNetwork, batch: PairTensors) -> Tensor:
+    """R_chosen − R_rejected [P], R = g(x) · r'."""
+    return (net(batch.x_chosen) * batch.r_chosen).sum(1) - (net(batch.x_rejected) * batch.r_rejected).sum(1)
+
+
+def gating_loss(net: GatingNetwork, batch: PairTensors) -> tuple[Tensor, Tensor]:
+    """(mean BT loss, weighted by the batch's pair weights, margins [P])."""
+    margin = gated_margins(net, batch)
+    return bt_loss(margin, batch.weight), margin
 
 
 def _subset(p: PairTensors, idx: Tensor) -> PairTensors:
     w = p.weight[idx] if p.weight is not None else None
     return PairTensors(p.x_chosen[idx], p.x_rejected[idx], p.r_chosen[idx], p.r_rejected[idx], w)
-
-
-def _accuracy(margin: Tensor) -> float:
-    return float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean())
 
 
 def train_gating(train: PairTensors, val: PairTensors, cfg: GatingTrainConfig) -> GatingResult:
@@ -98,14 +96,14 @@ def train_gating(train: PairTensors, val: PairTensors, cfg: GatingTrainConfig) -
         net.train()
         perm = torch.randperm(len(train), generator=gen)
         for s in range(steps_per_epoch):
-            loss, _ = bt_loss(net, _subset(train, perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]))
+            loss, _ = gating_loss(net, _subset(train, perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]))
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
         net.eval()
         with torch.no_grad():
-            val_loss = float(bt_loss(net, val)[0]) if len(val) else float(loss)
+            val_loss = float(gating_loss(net, val)[0]) if len(val) else float(loss)
         if val_loss < best_loss - 1e-5:
             best_loss, best_state, best_epoch, bad = val_loss, copy.deepcopy(net.state_dict()), epoch, 0
         else:
@@ -115,15 +113,15 @@ def train_gating(train: PairTensors, val: PairTensors, cfg: GatingTrainConfig) -
     net.load_state_dict(best_state)
     net.eval()
     with torch.no_grad():
-        tl, tm = bt_loss(net, train)
-        vl, vm = bt_loss(net, val) if len(val) else (tl, tm)
+        tl, tm = gating_loss(net, train)
+        vl, vm = gating_loss(net, val) if len(val) else (tl, tm)
     metrics = {
         "best_epoch": float(best_epoch),
         "epochs_run": float(epoch + 1),
         "train_loss": float(tl),
-        "train_accuracy": _accuracy(tm),
+        "train_accuracy": accuracy(tm),
         "val_loss": float(vl),
-        "val_accuracy": _accuracy(vm),
+        "val_accuracy": accuracy(vm),
         "logit_scale": float(net.logit_scale.detach()[0]),
     }
     log.info("gating: %s", metrics)
@@ -147,3 +145,16 @@ def equal_gating(d: int, k: int, cfg: GatingTrainConfig) -> GatingNetwork:
     with torch.no_grad():
         net.logit_scale.fill_(1.0)
     return net.eval()
+
+
+def val_pair_accuracy(
+    ds: Dataset, val_idx: list[int], head: ArmoHead, x: np.ndarray, debiased: np.ndarray
+) -> dict[str, float]:
+    """Pair accuracy (ties 0.5) of R = g(x) · r' on the validation pairs: overall, per source/objective, and
+    "balanced" = the mean over those groups (the selection criterion: the group mix of the sample is a budget
+    choice, not the mix users score, so no group should dominate the choice)."""
+    if not val_idx:
+        return {}
+    with torch.no_grad():
+        margin = gated_margins(head.gating, pair_tensors(ds, val_idx, x, debiased))
+    return pair_accuracy(margin, [pair_group(ds.pairs[i]) for i in val_idx])

@@ -29,10 +29,11 @@ import numpy as np
 import torch
 
 from armo.model_store import rules
+from armo.training.bradley_terry import accuracy
 from armo.training.config import TrainConfig
 from armo.training.data import id_fraction
 from armo.training.featurize import TrainingFeatures
-from armo.training.objectives import LinearObjective, bt_weights, fit_bt_probe, fit_ridge, rule_matrix
+from armo.training.objective_fits import LinearObjective, bt_weights, fit_bt_probe, fit_ridge, rule_matrix
 from armo.training.prepare import pair_group, split_key
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,7 @@ def _out_of_fold(cfg: TrainConfig, f: TrainingFeatures, probe: LinearObjective, 
         values[rows] = h[rows] @ bt_weights(_pair_diff(h, rest), probe.metrics["l2"]) + probe.b
     pairs = [ds.pair_items[i] for i in fitted]
     margin = values[[c for c, _ in pairs]] - values[[r for _, r in pairs]]
-    probe.metrics["cross_fit_accuracy"] = float(np.mean((margin > 0) + 0.5 * (margin == 0)))
+    probe.metrics["cross_fit_accuracy"] = accuracy(margin)
     return values
 
 

@@ -1,5 +1,6 @@
-"""`armo train run` and `armo train sweep`: every stage end to end — features (`featurize`) → objectives
-(`objective_set`) → standardise, debias, gating, head and manifest (`artifact`) → evaluate (`evaluate`) → publish.
+"""`armo train run` and `armo train sweep`: every stage end to end — 1 features (`featurize`) → 2 objectives
+(`objective_set`) → 3 standardise, debias, 4 gating, head and manifest (`artifact`) → 5 evaluate (`evaluate`) →
+publish. Stage 0 (`stage0`, `armo train backbone`) runs before, on its own; a run reads its delta (`stage0.delta`).
 This module only wires the stages and writes the run's results.
 """
 
@@ -18,7 +19,7 @@ from armo.training.artifact import RunResult, assemble
 from armo.training.config import TrainConfig
 from armo.training.evaluate import evaluate_artifact
 from armo.training.extract import scoring_config
-from armo.training.featurize import load_features, run_backbone
+from armo.training.featurize import check_same_features, load_features, run_backbone
 from armo.training.objective_set import fit_objectives
 
 log = logging.getLogger(__name__)
@@ -59,15 +60,10 @@ def sweep(base: TrainConfig, variants: dict[str, TrainConfig]) -> dict[str, dict
     """Validation-only model selection: every variant is fitted on the same cached features and scored by its
     validation pair accuracy; nothing is evaluated on RewardBench and nothing is published. Variants may change
     objectives, probes, debiasing and gating, not the data or the extraction (those would need other features)."""
+    check_same_features(base, variants)
     backbone = run_backbone(base)
     f = load_features(base, backbone, with_eval=False)
     out = {}
     for name, cfg in variants.items():
-        if (
-            cfg.data != base.data
-            or cfg.extract != base.extract
-            or (cfg.backbone, cfg.stage0) != (base.backbone, base.stage0)
-        ):
-            raise ValueError(f"sweep variant {name!r} changes the data, extraction or backbone")
         out[name] = assemble(cfg, f, fit_objectives(cfg, f), backbone).report["val_pair_accuracy"]
     return out

@@ -5,7 +5,7 @@ epoch. Computing it costs (L−K)/L of a forward pass, so it is computed once an
 the feature cache (`armo.training.extract`: the same groups, shards and passes, each prompt stored once with its
 responses after it), so:
 - training reads one pass at a time and runs only the top layers on it;
-- after training, the tuned backbone's features for the heads (stages 1-3) come from the cache through the tuned
+- after training, the tuned backbone's features for the heads (stages 1-4) come from the cache through the tuned
   top layers (`top_pool`), not from a second full extraction.
 Values are kept in fp32: features read through the cached top layers equal the tuned backbone's forward up to float
 reordering (tests/training/test_stage0.py).

@@ -12,7 +12,7 @@ the heads read features that preference training already shaped. On two CPU core
 - validation pairs (the config's split, by prompt) never train; after each epoch their pair accuracy is measured
   and the best epoch is exported as the delta (`armo.model_store.delta`);
 - every epoch is a checkpoint (adapters, head, optimiser, scheduler, RNG): a killed run resumes at the next epoch.
-The scalar head is thrown away, as ArmoRM throws away its BT head: the heads of stages 1-3 are fit on the tuned
+The scalar head is thrown away, as ArmoRM throws away its BT head: the heads of stages 2-4 are fit on the tuned
 features. On a GPU (`--set device=cuda`: the cache, the epochs and the features through the tuned layers run there, in
 fp32, and agree with the CPU run up to float rounding) the same command tunes more layers (`stage0.layers`, up to
 all of them, with `stage0.cache_layers` as many: the cache then holds the embeddings).
@@ -38,8 +38,9 @@ from armo.model_store import atomic
 from armo.model_store.backbone import Backbone
 from armo.model_store.delta import DELTA_FILE, LORA_A, LORA_B, RUN_DELTA_ENTRY
 from armo.model_store.manifest import BackboneDelta, Pooling, sha256_file
+from armo.training.bradley_terry import balanced_mean, bt_loss, wins
 from armo.training.config import BackboneTuneConfig, TrainConfig
-from armo.training.prepare import Dataset
+from armo.training.prepare import Dataset, build_training_set, pair_group
 from armo.training.stage0.batches import Batch, PassRef, make_batch, pair_diffs, pass_index
 from armo.training.stage0.layer_cache import LayerCache, decoder_layers, layer_caches, top_view
 
@@ -112,20 +113,11 @@ class Stage0Result:
 
 
 def _validate(tuner: RewardTuner, ids: list[int], diffs: Tensor, ds: Dataset) -> dict[str, Any]:
-    from armo.training.metrics import balanced_mean
-    from armo.training.prepare import pair_group
-
     with torch.inference_mode():
         margin = (diffs @ tuner.head.weight[0].cpu()).numpy()  # [P]
-    wins = (margin > 0) + 0.5 * (margin == 0)
-    by_group, balanced, se = balanced_mean(wins, [pair_group(ds.pairs[p]) for p in ids])
-    return {
-        "pairs": len(ids),
-        "balanced": balanced,
-        "balanced_se": se,
-        "all": float(wins.mean()),
-        "groups": by_group,
-    }
+    win = wins(margin)
+    by_group, balanced, se = balanced_mean(win, [pair_group(ds.pairs[p]) for p in ids])
+    return {"pairs": len(ids), "balanced": balanced, "balanced_se": se, "all": float(win.mean()), "groups": by_group}
 
 
 def _warm_head(
@@ -134,14 +126,14 @@ def _warm_head(
     """Fit the scalar head as the frozen backbone's linear BT model (the adapters start at zero, so the tuner's
     features are the frozen ones): the probes' logistic regression, L2 picked on the validation pairs. Returns the
     training pairs' mean BT loss at that start and the L2 chosen."""
-    from armo.training.objectives import fit_bt_probe
+    from armo.training.objective_fits import fit_bt_probe
 
     probe = fit_bt_probe("stage0-head", train[1].double().numpy(), val[1].double().numpy(), cfg.probes, "stage 0")
     with torch.no_grad():
         tuner.head.weight.copy_(torch.as_tensor(probe.w, dtype=torch.float32)[None])
         tuner.head.bias.zero_()
         margin = train[1] @ tuner.head.weight[0].cpu()
-    return float(nn.functional.softplus(-margin).mean()), probe.metrics["l2"]
+    return float(bt_loss(margin)), probe.metrics["l2"]
 
 
 def _epoch_zero(
@@ -208,7 +200,6 @@ def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: 
     from transformers import get_linear_schedule_with_warmup
 
     from armo.training.featurize import get_backbone
-    from armo.training.prepare import build_training_set
 
     s0 = cfg.stage0
     started = time.perf_counter()
@@ -300,7 +291,7 @@ def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: 
             b = make_batch(caches, ref, ds, train_set)
             if b is not None:
                 r = tuner.rewards(b)
-                loss = nn.functional.softplus(r[b.rejected] - r[b.chosen]).sum()  # −log σ(r_c − r_r)
+                loss = bt_loss(r[b.chosen] - r[b.rejected], total=True)  # Σ −log σ(r_c − r_r)
                 (loss / s0.pairs_per_step).backward()
                 seen += len(b.pairs)
                 loss_sum += loss.item()

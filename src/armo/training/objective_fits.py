@@ -1,5 +1,6 @@
-"""Stage 2: objectives — ridge regression on absolute ratings, linear Bradley-Terry probes on preference pairs,
-rule values — each a raw linear function of the response feature (or of the text, for rules).
+"""Stage 2, one objective's fit — ridge regression on absolute ratings, a linear Bradley-Terry probe on preference
+pairs, rule values — each a raw linear function of the response feature (or of the text, for rules). The set of a
+run's objectives and their names: `objective_set`.
 
 Shapes: N = rows, d = hidden size.
 """
@@ -17,6 +18,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import mean_squared_error, r2_score
 
 from armo.model_store import rules
+from armo.training.bradley_terry import accuracy
 from armo.training.config import ProbeConfig, RegressionConfig
 from armo.training.extract import FeatureTable, Item
 
@@ -104,7 +106,7 @@ def fit_bt_probe(
     best: tuple[float, float, Array] | None = None
     for wd in cfg.weight_decays:
         w = bt_weights(diff_train, wd)
-        acc = _pair_accuracy(diff_val @ w) if len(diff_val) else 0.0
+        acc = accuracy(diff_val @ w) if len(diff_val) else 0.0
         if best is None or acc > best[1]:
             best = (wd, acc, w)
     assert best is not None
@@ -112,16 +114,12 @@ def fit_bt_probe(
     metrics = {
         "l2": wd,
         "val_accuracy": acc,
-        "train_accuracy": _pair_accuracy(diff_train @ w),
+        "train_accuracy": accuracy(diff_train @ w),
         "n_train": float(len(diff_train)),
         "n_val": float(len(diff_val)),
     }
     desc = f"linear Bradley-Terry probe on preference pairs ({source}); L2 {wd:g} chosen on validation accuracy"
     return LinearObjective(name, "pairwise", source, desc, w.astype(np.float64), 0.0, metrics)
-
-
-def _pair_accuracy(margin: Array) -> float:
-    return float(np.mean((margin > 0) + 0.5 * (margin == 0))) if len(margin) else 0.0
 
 
 def rule_matrix(items: Sequence[Item], table: FeatureTable, names: Sequence[str]) -> Array:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
@@ -15,7 +17,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from armo.model_store.backbone import load_backbone
+from armo.model_store.backbone import Backbone, load_backbone
 from armo.model_store.errors import ArmoError
 from armo.model_store.loader import BackboneLoader
 from armo.service.auth import Auth
@@ -116,6 +118,22 @@ def limits(settings: Settings) -> Limits:
     )
 
 
+def _frozen_after(loader: BackboneLoader) -> BackboneLoader:
+    """`loader`, then gc.freeze(): what exists once a backbone is loaded (the imports, torch, the model, the
+    tokenizer: ~430k objects) leaves the garbage collector's view. Measured on this 2-core VM under a burst
+    (loadtests/reliability.py --mode burst): every few bursts a full collection walked all of them for 90-160 ms
+    holding the GIL, and every request in flight, every 429 and /health waited for it (429 p50 ~200 ms in those
+    bursts, /health max ~185 ms). A backbone is freed by reference counting alone (no cycles), so a replaced one
+    is not kept; lifespan's end unfreezes (apps created one after another in one process, as tests do)."""
+
+    def load(spec: str, **kwargs: Any) -> Backbone:
+        backbone = loader(spec, **kwargs)
+        gc.freeze()
+        return backbone
+
+    return load
+
+
 def build_services(settings: Settings, *, backbone_loader: BackboneLoader = load_backbone) -> Services:
     metrics = ServiceMetrics()
     # ONE thread runs every torch call (loads, smoke scores, forward passes). Measured on this 2-core CPU: once a
@@ -123,7 +141,7 @@ def build_services(settings: Settings, *, backbone_loader: BackboneLoader = load
     # throughput; with a single thread they keep full speed. A backbone load therefore queues scoring for its
     # duration (requests wait, none fail); heads-only reloads take milliseconds.
     torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="armo-torch")
-    reloader = Reloader(settings, metrics, backbone_loader=backbone_loader, executor=torch_thread)
+    reloader = Reloader(settings, metrics, backbone_loader=_frozen_after(backbone_loader), executor=torch_thread)
     batcher = MicroBatcher(batcher_config(settings), metrics, executor=torch_thread)
     scorer = Scorer(reloader, batcher, metrics, limits(settings))
     return Services(settings, metrics, Auth(settings), reloader, batcher, scorer)
@@ -149,6 +167,7 @@ def create_app(settings: Settings | None = None, *, backbone_loader: BackboneLoa
             await services.reloader.stop()
             await services.batcher.stop()
             services.scorer.close()
+            gc.unfreeze()
             log.info("service stopped", extra={"event": "stop"})
 
     app = FastAPI(title="armo reward model", version="1", description=DESCRIPTION, lifespan=lifespan)

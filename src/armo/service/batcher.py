@@ -1,5 +1,6 @@
 """The micro-batcher: merges requests from many clients into forward batches.
 
+  reserve() (on arrival, estimated; held while the request is tokenised, counted as waiting)
     submit() ──► bounded priority queue ──► worker task ──► one worker thread: RewardModel.forward(batch)
       │ full → QueueFullError (429 + Retry-After)      │ batch = whole jobs, same model, ≤ max items,
       │ deadline → DeadlineExceededError (504)         │ ≤ token budget, collected for ≤ max_wait after the first
@@ -25,7 +26,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -89,6 +90,9 @@ class MicroBatcher:
         self._queued_tokens = 0  # real tokens of the jobs in the queue (cancelled ones until they are dropped)
         self._running_tokens = 0  # real tokens of the batch on the worker
         self._queued_by_caller: collections.Counter[str] = collections.Counter()
+        # Admitted requests still being tokenised (estimated): they count as waiting, see reserve().
+        self._reserved_jobs = 0
+        self._reserved_tokens = 0
         self._rate: float | None = None  # tokens/s of recent forward passes (moving average), for admission
         self._loop: asyncio.AbstractEventLoop | None = None
         self.draining = False  # the process is stopping: no new work; what cannot finish gets a 503
@@ -137,6 +141,28 @@ class MicroBatcher:
         return self._queue.qsize() + (1 if self._carry else 0)
 
     # -- request side -------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def reserve(self, tokens: int, jobs: int, timeout: float) -> Iterator[None]:
+        """Admission before tokenising, on the event loop, from an estimate (`tokens`, `jobs`): raises QueueFullError
+        at once when the queue cannot take it, else holds the room while the body of the `with` prepares the
+        request; submit() then checks the exact count.
+
+        Measured (loadtests/reliability.py --mode burst: 160 requests at once, ARMO_MAX_QUEUE=16, 2-core VM): while
+        the queue only counted prepared jobs, every request of a burst passed this check (nothing was queued yet),
+        then waited its turn in the one tokenising thread only to be refused after it, so the refusals took the
+        whole tokenising backlog (429 p50 110-140 ms; ~430 ms with long responses). Counting the requests being
+        prepared refuses all but the queue's worth on arrival (429 p50 ~50 ms, the event loop's own work)."""
+        if self._closed or self.draining:
+            raise ShuttingDownError("the service is shutting down; retry")
+        self.admit(tokens, jobs, timeout)
+        self._reserved_jobs += jobs
+        self._reserved_tokens += tokens
+        try:
+            yield
+        finally:
+            self._reserved_jobs -= jobs
+            self._reserved_tokens -= tokens
+
     async def submit(
         self,
         model: RewardModel,
@@ -176,17 +202,16 @@ class MicroBatcher:
         tokens waiting, or more queued work than the worker gets through before this request's deadline — then the
         request would only wait and time out, and its forward pass would be wasted. A request is never refused
         while nothing waits or runs."""
-        waiting = self._queue.qsize()
-        ahead = self._queued_tokens + self._running_tokens  # the batch on the worker must finish first too
+        waiting = self._queue.qsize() + self._reserved_jobs  # requests being tokenised wait too
+        queued = self._queued_tokens + self._reserved_tokens
+        ahead = queued + self._running_tokens  # the batch on the worker must finish first too
         if not waiting and not self._running_tokens:
             return
         reason = None
         if waiting + jobs > self.config.max_queue:
             reason = f"{waiting} of {self.config.max_queue} batch-sized jobs waiting, this request needs {jobs}"
-        elif self._queued_tokens + tokens > self.config.max_queue_tokens:
-            reason = (
-                f"{self._queued_tokens} of {self.config.max_queue_tokens} tokens waiting, this request has {tokens}"
-            )
+        elif queued + tokens > self.config.max_queue_tokens:
+            reason = f"{queued} of {self.config.max_queue_tokens} tokens waiting, this request has {tokens}"
         retry_after = self.config.retry_after_s
         if reason is None and self._rate:
             wait = (ahead + tokens) / self._rate  # until this request's own items are scored

@@ -143,12 +143,14 @@ class Scorer:
         """Results in item order; an item that could not be prepared or scored is its error."""
         rm = loaded.rm
         # Refuse at once, before any tokenising, when the queue cannot take this much work (a cheap estimate:
-        # about four characters a token); under overload a 429 must cost milliseconds, not a tokenizer queue.
+        # about four characters a token); under overload a 429 must cost milliseconds, not a tokenizer queue. The
+        # reservation counts this request as waiting until it is submitted, so a burst is not all admitted here
+        # (the queue is still empty) and then tokenised one by one only to be refused in submit().
         chars = sum(len(it.response) + sum(len(m.get("content", "")) for m in it.messages) for _, it in items)
         per_job = self.batcher.config.max_items
-        self.batcher.admit(chars // 4, -(-len(items) // per_job), timeout)
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._prepare_pool, self._prepare_all, rm, items, truncate)
+        with self.batcher.reserve(chars // 4, -(-len(items) // per_job), timeout):
+            prepared = await loop.run_in_executor(self._prepare_pool, self._prepare_all, rm, items, truncate)
         good = [x for x in prepared if isinstance(x, Prepared)]
         submitted = await self.batcher.submit(rm, good, timeout=timeout, steer=steer, caller=caller) if good else []
         results = iter(submitted)

@@ -226,6 +226,15 @@ class BackboneInfo(BaseModel):
         "backbone; null: the backbone as published.",
     )
     delta_layers: list[int] = Field(default_factory=list, description="The decoder layers the delta changes.")
+    precision: str = Field(
+        default="float32",
+        description="The precision the backbone's matmuls run in (float32 or bfloat16; ARMO_DTYPE, auto resolved).",
+    )
+    precision_agreement: dict[str, Any] | None = Field(
+        default=None,
+        description="For a precision other than the one the heads were fit in: the agreement the artifact states "
+        "for it (mean and max |Δ score| against the fit precision on validation items, the bound).",
+    )
 
 
 class LoadedModelInfo(BaseModel):

@@ -16,7 +16,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from armo.model_store.bundled import BUNDLED_ROOT, DEFAULT_ALIAS, DEFAULT_MODEL
-from armo.model_store.devices import check_device
+from armo.model_store.devices import check_device, check_dtype
 from armo.model_store.errors import VLLM_SETUP
 
 if TYPE_CHECKING:  # the parts import torch; settings stay importable without it
@@ -47,7 +47,12 @@ class Settings(BaseSettings):
     )
     cache_dir: Path | None = Field(default=None, description="Cache of converted backbones (default ~/.cache/armo).")
     device: str = Field(default="cpu", description="Torch device: cpu, cuda, cuda:N or mps.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32", description="Backbone dtype.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="Precision of the backbone's matmuls. auto: bfloat16 on a GPU or a CPU with AMX / AVX512-BF16 "
+        "when the artifact states its bf16 agreement, else float32 (the startup log and /v1/models say which). An "
+        "explicit dtype the artifact states no agreement for is refused.",
+    )
     quantize: Literal["none", "int8", "int8-mixed"] = Field(
         default="none",
         description="Opt-in approximate CPU path: the backbone's Linear layers in int8 (per-token activations, "
@@ -209,9 +214,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _dtype_fits_device(self) -> Settings:
-        # bf16/fp16 matmuls on CPU are hundreds of times slower than fp32 here (DESIGN.md §4): refuse, clearly.
-        if self.device == "cpu" and self.dtype != "float32":
-            raise ValueError(f"ARMO_DTYPE={self.dtype} with ARMO_DEVICE=cpu is extremely slow; use float32 on CPU")
+        try:  # a dtype the device would emulate (hundreds of times slower) is refused; auto falls back instead
+            check_dtype(self.dtype, self.device)
+        except ValueError as e:
+            raise ValueError(f"ARMO_DTYPE={e}") from None
+        if self.quantize != "none" and self.dtype not in {"auto", "float32"}:
+            raise ValueError(f"ARMO_QUANTIZE={self.quantize} runs on a float32 backbone (ARMO_DTYPE={self.dtype})")
         if self.quantize != "none" and self.device != "cpu":
             raise ValueError(f"ARMO_QUANTIZE={self.quantize} runs on the CPU only (ARMO_DEVICE={self.device})")
         if self.quantize != "none" and self.backend != "transformers":

@@ -102,9 +102,10 @@ _LOADED: dict[str, Backbone] = {}
 
 def cached_loader(spec: str, **kwargs: Any) -> Backbone:
     """The real loader, once per backbone per test session: most tests start an app, none mutates a backbone."""
-    if spec not in _LOADED:
-        _LOADED[spec] = load_backbone(spec, **kwargs)
-    return _LOADED[spec]
+    key = f"{spec}:{kwargs.get('dtype', 'float32')}"
+    if key not in _LOADED:
+        _LOADED[key] = load_backbone(spec, **kwargs)
+    return _LOADED[key]
 
 
 def make_settings(store: ModelStore, **overrides: Any) -> Settings:

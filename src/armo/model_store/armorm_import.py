@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 from armo.model_store.errors import ArtifactError
 from armo.model_store.heads import ArmoHead, GatingConfig
 from armo.model_store.identity import local_revision, template_hash
-from armo.model_store.manifest import BackboneRef, Manifest, Objective
+from armo.model_store.manifest import BackboneRef, Manifest, Objective, Precision
 
 ARMORM_SOURCE = "RLHFlow/ArmoRM-Llama3-8B-v0.1"
 ARMORM_OBJECTIVES = (
@@ -120,6 +120,8 @@ def import_armorm(
             Objective(name=n, kind="regression", source=ARMORM_SOURCE, description=f"published ArmoRM objective {n}")
             for n in names
         ),
+        # The published checkpoint is bf16: its heads were fit on, and are served with, bf16 features.
+        precision=Precision(fit="bfloat16"),
         gating=gating.to_dict(),
         training={"imported_from": str(directory.resolve()), "source": ARMORM_SOURCE},
     )

@@ -6,6 +6,7 @@ Only the base model is loaded (`AutoModel`, no LM head): a reward needs hidden s
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import time
@@ -83,6 +84,7 @@ class Backbone:
     packed: bool = False
     engine: FeatureEngine | None = None
     delta: BackboneDelta | None = None  # the delta merged at load (armo.model_store.delta), if any
+    precision: str = "float32"  # the dtype its weights and matmuls are in (ARMO_DTYPE, `auto` resolved)
 
     @property
     def backend(self) -> str:
@@ -133,6 +135,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModel.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         model.config.save_pretrained(tmp)
+        _drop_gguf_quantization(tmp)
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp)
@@ -142,6 +145,16 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     except FileExistsError:
         if not (target / "model.safetensors").is_file():  # lost a race to a concurrent converter: fine
             raise
+
+
+def _drop_gguf_quantization(directory: Path) -> None:
+    """The converted weights are plain fp32 tensors, but a config saved from a GGUF load still names the GGUF
+    quantizer, which then warns on every bf16 load that "every matmul will cast" (it does not: the Linears are
+    plain). Conversions made before this was dropped are fixed in place, once."""
+    config = directory / "config.json"
+    data = json.loads(config.read_text())
+    if data.pop("quantization_config", None) is not None:
+        atomic.write_bytes(config, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _finish(
@@ -193,6 +206,11 @@ def load_backbone(
     is then not loaded at all. `delta`: an artifact's reward-tuned layers (armo.model_store.delta), merged into the
     weights at load; refused unless it was tuned from this backbone's revision.
     """
+    # The whole model in `dtype`, on a CPU as on a GPU and on vLLM: measured on this CPU's AMX units, keeping the
+    # residual stream or the attention in fp32 gave back most of bf16's speed for little less drift
+    # (docs/BENCHMARKS.md#precision); the features are cast to fp32 for the heads.
+    if dtype != "float32" and quantize != "none":
+        raise ArtifactError("ARMO_QUANTIZE runs on a float32 backbone; use ARMO_DTYPE=float32 with it", field="dtype")
     torch_dtype = _DTYPES[dtype]
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "attn_implementation": attn_implementation}
     started = time.perf_counter()
@@ -202,6 +220,7 @@ def load_backbone(
         directory = (cache_dir or default_cache_dir()) / f"smollm2-135m-instruct-{revision[:16]}"
         if not (directory / "model.safetensors").is_file():
             _convert_gguf(gguf, directory)
+        _drop_gguf_quantization(directory)
         ident = EMBEDDED_ID
     elif Path(spec).is_dir():
         directory = Path(spec)
@@ -217,7 +236,7 @@ def load_backbone(
                 raise ArtifactError("a backbone delta on vLLM needs a local backbone directory", field="backbone_delta")
             return _on_vllm(spec, tokenizer, spec, revision, int(config.hidden_size), vllm)
         model = _finish(AutoModel.from_pretrained(spec, **kwargs), tokenizer, device, quantize, delta)
-        return _backbone(model, tokenizer, spec, revision, packed, delta)
+        return _backbone(model, tokenizer, spec, revision, packed, delta, dtype)
     _check_delta(delta, revision, ident)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     if vllm is not None:
@@ -227,7 +246,7 @@ def load_backbone(
         backbone = _on_vllm(str(directory), tokenizer, ident, revision, hidden, vllm, cache_dir, delta)
     else:
         model = _finish(AutoModel.from_pretrained(directory, **kwargs), tokenizer, device, quantize, delta)
-        backbone = _backbone(model, tokenizer, ident, revision, packed, delta)
+        backbone = _backbone(model, tokenizer, ident, revision, packed, delta, dtype)
     log.info("backbone %s loaded on %s in %.2f s", ident, backbone.backend, time.perf_counter() - started)
     return backbone
 
@@ -248,7 +267,10 @@ def _on_vllm(
         source = str(vllm_directory(Path(source), revision, cache_dir or default_cache_dir(), delta))
     engine = VllmEngine(source, options)
     ref = delta.ref if delta else None
-    return Backbone(None, tokenizer, ident, revision, template_hash(tokenizer), hidden, engine=engine, delta=ref)
+    ident_hash = template_hash(tokenizer)
+    return Backbone(
+        None, tokenizer, ident, revision, ident_hash, hidden, engine=engine, delta=ref, precision=options.dtype
+    )
 
 
 def _check_delta(delta: LoadedDelta | None, revision: str, ident: str) -> None:
@@ -265,11 +287,14 @@ def _backbone(
     revision: str,
     packed: bool,
     delta: LoadedDelta | None = None,
+    precision: str = "float32",
 ) -> Backbone:
     hidden = int(model.config.hidden_size)
     packed = packed and enable(model)
     ref = delta.ref if delta else None
-    return Backbone(model, tokenizer, ident, revision, template_hash(tokenizer), hidden, packed, delta=ref)
+    return Backbone(
+        model, tokenizer, ident, revision, template_hash(tokenizer), hidden, packed, delta=ref, precision=precision
+    )
 
 
 def backbone_ref(backbone: Backbone, max_length: int = 2048) -> BackboneRef:

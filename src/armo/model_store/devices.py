@@ -4,6 +4,7 @@ jobs (`device` in a training config). No torch import: settings must stay import
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 DEVICE_PATTERN = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
@@ -13,3 +14,37 @@ def check_device(value: str) -> str:
     if not DEVICE_PATTERN.match(value):
         raise ValueError(f"device must be cpu, cuda, cuda:N or mps, got {value!r}")
     return value
+
+
+# CPU flags that make a bf16 matmul fast (oneDNN runs it on AMX tiles, or on AVX512-BF16 dot products); without
+# either it is emulated, hundreds of times slower than fp32.
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """This CPU's feature flags (empty where /proc/cpuinfo is not there: then no bf16 is assumed)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.partition(":")[2].split()}
+
+
+def cpu_bf16_units() -> bool:
+    """Whether this CPU computes bf16 matmuls in hardware (AMX or AVX512-BF16)."""
+    return bool(cpu_flags() & set(BF16_CPU_FLAGS))
+
+
+def check_dtype(dtype: str, device: str, allowed: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")) -> str:
+    """`dtype` if `device` computes it fast (float32 anywhere; bf16 and fp16 on a GPU; bf16 on a CPU with the units;
+    `auto` resolves per artifact); otherwise a ValueError saying why and what to use instead."""
+    if dtype not in allowed:
+        raise ValueError(f"dtype must be one of {', '.join(allowed)}, got {dtype!r}")
+    if device == "cpu" and dtype == "float16":
+        raise ValueError("float16 has no fast CPU path; use auto, bfloat16 or float32 on a CPU")
+    if device == "cpu" and dtype == "bfloat16" and not cpu_bf16_units():
+        raise ValueError(
+            "bfloat16: this CPU has neither AMX nor AVX512-BF16, so bf16 matmuls would be emulated (hundreds of "
+            "times slower); use auto or float32"
+        )
+    return dtype

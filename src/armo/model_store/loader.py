@@ -8,6 +8,7 @@ pooling and length), so a heads-only update costs milliseconds and no second cop
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 from armo.model_store.backbone import Backbone, Quantize, load_backbone
 from armo.model_store.delta import read_delta
+from armo.model_store.devices import cpu_bf16_units
 from armo.model_store.errors import ArtifactError
 from armo.model_store.manifest import Manifest
 from armo.model_store.reward_model import RewardModel, ScoringConfig
@@ -22,6 +24,8 @@ from armo.model_store.store import ModelStore
 
 BackboneLoader = Callable[..., Backbone]  # load_backbone's signature; tests and training pass their own
 ScoringFor = Callable[[int], ScoringConfig]  # the scoring config of an artifact with this max_length
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,13 +44,14 @@ class BackboneOptions:
     override: str | None  # a backbone to use instead of the manifest's `backbone.id` (its revision is then not checked)
     cache_dir: Path | None
     device: str
-    dtype: str
+    dtype: str  # float32, bfloat16, float16, or auto (per artifact: `served_dtype`)
     quantize: Quantize
     packed: bool
     vllm: VllmResources | None  # None: in-process transformers
 
     def load_kwargs(self, manifest: Manifest) -> dict[str, Any]:
         """`load_backbone`'s keyword arguments for this artifact (the delta is added by the caller)."""
+        dtype = served_dtype(self, manifest)[0]
         vllm = None
         if self.vllm is not None:  # the engine module (safetensors, the view-making code) only when asked for
             from armo.model_store.vllm_engine import VllmOptions
@@ -54,24 +59,50 @@ class BackboneOptions:
             vllm = VllmOptions(
                 pooling=manifest.pooling,
                 max_length=manifest.backbone.max_length,
-                dtype=self.dtype,
+                dtype=dtype,
                 kv_cache_gib=self.vllm.kv_cache_gib,
                 gpu_memory_utilization=self.vllm.gpu_memory_utilization,
             )
         return {
             "cache_dir": self.cache_dir,
             "device": self.device,
-            "dtype": self.dtype,
+            "dtype": dtype,
             "quantize": self.quantize,
             "packed": self.packed,
             "vllm": vllm,
         }
 
 
+def served_dtype(options: BackboneOptions, manifest: Manifest) -> tuple[str, str]:
+    """(the precision this artifact runs in under these options, why). `auto`: bf16 where the device computes it in
+    hardware (a CUDA GPU, a CPU with AMX or AVX512-BF16) and the artifact states its bf16 agreement, else float32. An
+    explicit dtype the artifact states no agreement for is refused, naming the field."""
+    allows = manifest.precision.allows
+    if options.dtype != "auto":
+        if not allows(options.dtype):
+            raise ArtifactError(
+                f"artifact {manifest.model}/{manifest.version} was fit in {manifest.precision.fit} and states no "
+                f"agreement for {options.dtype}; serve it with ARMO_DTYPE=float32 or auto",
+                field="precision",
+            )
+        return options.dtype, "ARMO_DTYPE"
+    if options.device == "cpu" and not cpu_bf16_units():
+        return "float32", "auto: this CPU has no bf16 units (AMX or AVX512-BF16)"
+    if options.device not in {"cpu", "cuda"} and not options.device.startswith("cuda:"):
+        return "float32", f"auto: float32 on {options.device}"
+    if options.quantize != "none":
+        return "float32", "auto: the int8 backbone runs on float32"
+    if not allows("bfloat16"):
+        return "float32", "auto: the artifact states no bf16 agreement"
+    return "bfloat16", "auto: bf16 units and the artifact's stated agreement"
+
+
 def reusable(backbone: Backbone, manifest: Manifest, options: BackboneOptions) -> bool:
     """Whether `backbone` (already loaded) is the one this artifact scores with under these options."""
     ref = manifest.backbone
     if options.override is None and (backbone.id, backbone.revision) != (ref.id, ref.revision):
+        return False
+    if backbone.precision != served_dtype(options, manifest)[0]:
         return False
     want = manifest.backbone_delta.sha256 if manifest.backbone_delta else None
     if (backbone.delta.sha256 if backbone.delta else None) != want:
@@ -90,6 +121,7 @@ def artifact_backbone(
     if delta is not None:  # only then: a loader that predates deltas still loads every other artifact
         kwargs["delta"] = delta
     backbone = loader(options.override or ref.id, **kwargs)
+    log.info("artifact %s/%s runs in %s (%s)", manifest.model, manifest.version, *served_dtype(options, manifest))
     if options.override is None and backbone.revision != ref.revision:
         raise ArtifactError(
             f"artifact {manifest.model}/{manifest.version} was trained on backbone {ref.id} revision "

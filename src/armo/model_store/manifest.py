@@ -46,6 +46,34 @@ class BackboneDelta(_Strict):
     rank: int = 0  # LoRA rank (0 for full)
 
 
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+class PrecisionAgreement(_Strict):
+    """How far scores computed in another precision sat from those in the precision the heads were fit in, on
+    validation items of the training data (never evaluation data)."""
+
+    policy: str  # what ran in that precision (armo.model_store.precision)
+    items: int
+    mean_abs_delta: float
+    max_abs_delta: float
+    spearman: float
+    pair_agreement: float  # share of validation pairs ordered the same way in both precisions
+    bound: float  # the |Δ score| an item may reach: what serving is tested against
+
+
+class Precision(_Strict):
+    """The precision the heads were fit in, and the agreement measured for each other one an artifact may be
+    served in. float32 is the reference and always allowed; any other precision only with its agreement stated
+    (or when the heads were fit in it)."""
+
+    fit: Dtype = "float32"
+    agreement: dict[str, PrecisionAgreement] = Field(default_factory=dict)
+
+    def allows(self, dtype: str) -> bool:
+        return dtype in {"float32", self.fit} or dtype in self.agreement
+
+
 class Objective(_Strict):
     """One column of r. Names are `<source>-<aspect>` (armo.training.objective_set documents the scheme); the
     description is one line a dashboard can show."""
@@ -77,6 +105,8 @@ class Manifest(_Strict):
     objectives: tuple[Objective, ...]
     # "last" for artifacts made before the field existed and for imported ArmoRM checkpoints.
     pooling: Pooling = "last"
+    # float32 with no other precision stated for artifacts made before the field existed.
+    precision: Precision = Field(default_factory=Precision)
     gating: dict[str, Any] = Field(default_factory=lambda: GatingConfig().to_dict())
     verbosity_objective: str | None = None
     debias_lambda: dict[str, float] = Field(default_factory=dict)

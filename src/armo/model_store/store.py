@@ -26,7 +26,14 @@ from armo.model_store import atomic
 from armo.model_store.bundled import DEFAULT_ALIAS
 from armo.model_store.errors import ArtifactError, StoreError
 from armo.model_store.heads import ArmoHead
-from armo.model_store.manifest import HEADS_FILE, MANIFEST_FILE, SCHEMA_VERSION, Manifest, sha256_file
+from armo.model_store.manifest import (
+    HEADS_FILE,
+    MANIFEST_FILE,
+    SCHEMA_VERSION,
+    Manifest,
+    PrecisionAgreement,
+    sha256_file,
+)
 
 ALIASES_DIR = "aliases"
 
@@ -161,6 +168,17 @@ class ModelStore:
                 yield
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def state_precision(self, model: str, version: str, dtype: str, agreement: PrecisionAgreement) -> Manifest:
+        """Record the agreement measured for serving `version` in `dtype`: the one part of a published manifest that
+        may change (the heads, objectives and files stay as published; the manifest is replaced atomically)."""
+        with self._lock(model):
+            manifest = self.verify(model, version)
+            agreements = {**manifest.precision.agreement, dtype: agreement}
+            precision = manifest.precision.model_copy(update={"agreement": agreements})
+            updated = manifest.model_copy(update={"precision": precision})
+            atomic.write_bytes(self.version_dir(model, version) / MANIFEST_FILE, updated.to_json().encode())
+        return updated
 
     def publish(
         self,

@@ -363,6 +363,7 @@ class Scorer:
 
 def _describe(loaded: LoadedModel) -> p.LoadedModelInfo:
     m, rm = loaded.manifest, loaded.rm
+    agreement = m.precision.agreement.get(rm.backbone.precision)
     return p.LoadedModelInfo(
         model=m.model,
         version=m.version,
@@ -376,6 +377,8 @@ def _describe(loaded: LoadedModel) -> p.LoadedModelInfo:
             backend=rm.backbone.backend,
             delta=rm.backbone.delta.sha256 if rm.backbone.delta else None,
             delta_layers=list(rm.backbone.delta.layers) if rm.backbone.delta else [],
+            precision=rm.backbone.precision,
+            precision_agreement=agreement.model_dump() if agreement else None,
         ),
         pooling=m.pooling,
         objectives=[

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from armo.model_store import rules
 from armo.model_store.backbone import Backbone, backbone_ref
 from armo.model_store.delta import DELTA_FILE
 from armo.model_store.heads import ArmoHead, GatingConfig, GatingNetwork
-from armo.model_store.manifest import Manifest, Objective
+from armo.model_store.manifest import Dtype, Manifest, Objective, Precision
 from armo.training.config import TrainConfig
 from armo.training.debias import DebiasResult, Standardiser, fit_debias, identity_debias
 from armo.training.evaluate import EvalResult
@@ -98,6 +98,7 @@ def assemble(cfg: TrainConfig, f: TrainingFeatures, objs: Objectives, backbone: 
         backbone_delta=backbone.delta.model_copy(update={"file": DELTA_FILE}) if backbone.delta else None,
         objectives=tuple(objectives),
         pooling=cfg.pooling,
+        precision=Precision(fit=cast(Dtype, backbone.precision)),  # the features the heads were fit on
         gating=gcfg.to_dict(),
         verbosity_objective=objs.names[deb.verbosity] if deb.verbosity is not None else None,
         debias_lambda=(

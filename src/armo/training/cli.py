@@ -283,6 +283,32 @@ def train_compare(
     _print_accuracies(validation_accuracy(cfg, versions, store or Path(cfg.store)), "version", out)
 
 
+@train_app.command("precision")
+def train_precision(
+    version: Annotated[str, typer.Argument(help="published version (or alias) of the config's model")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    store: Annotated[
+        Path | None, typer.Option("--store", help="model store root (default: the config's store, where runs publish)")
+    ] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="the precision to measure against the fit one")] = "bfloat16",
+    pairs: Annotated[int, typer.Option("--pairs", help="validation pairs scored in both precisions")] = 400,
+    write: Annotated[bool, typer.Option("--write", help="state the agreement in the artifact's manifest")] = False,
+) -> None:
+    """Scores of validation pairs in the heads' precision and in `--dtype`, compared; with --write, stated in the
+    manifest, which lets the service serve the artifact in that precision (RewardBench never read)."""
+    from armo.model_store.store import ModelStore
+    from armo.training.precision_check import measure_agreement
+
+    cfg = _config(config, sets)
+    models = ModelStore(store or Path(cfg.store))
+    agreement = measure_agreement(cfg, models, cfg.name, version, dtype, pairs)
+    typer.echo(agreement.model_dump_json(indent=2))
+    if write:
+        models.state_precision(cfg.name, models.resolve(cfg.name, version), dtype, agreement)
+        typer.echo(f"stated in {cfg.name}/{models.resolve(cfg.name, version)}'s manifest")
+
+
 @train_app.command("split-check")
 def train_split_check(config: ConfigOpt = None, sets: SetOpt = None) -> None:
     """How many validation pairs share a response or the prompt with a training pair, per group (data only)."""

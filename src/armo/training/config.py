@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from armo.model_store.devices import check_device
+from armo.model_store.devices import check_device, check_dtype
 from armo.model_store.heads import GatingConfig
 from armo.model_store.manifest import Pooling
 from armo.model_store.rules import RULES
@@ -323,10 +323,12 @@ class TrainConfig:
     device: str = field(
         default="cpu",
         metadata={
-            "help": "Torch device of the jobs' backbone passes (extraction, the stage-0 layer cache and tuning, "
-            "evaluation): cpu, cuda, cuda:N or mps. Always fp32, so features agree across devices up to float "
-            "rounding: the caches on disk are keyed by backbone, data and cap, not device; heads are fit on the CPU."
+            "help": "Torch device of the jobs' backbone passes (extraction, stage 0, evaluation): cpu, cuda, cuda:N "
+            "or mps. Caches are keyed by backbone, data, cap and dtype, not device; heads are fit on the CPU."
         },
+    )
+    dtype: Literal["float32", "bfloat16"] = field(
+        default="float32", metadata={"help": "Backbone precision of extraction and evaluation (cached apart)."}
     )
     pooling: Pooling = field(
         default="last",
@@ -366,6 +368,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_device(self.device)
+        check_dtype(self.dtype, self.device, allowed=("float32", "bfloat16"))
         if self.pooling not in get_args(Pooling):
             raise ValueError(f"pooling must be one of {', '.join(get_args(Pooling))}, got {self.pooling!r}")
 

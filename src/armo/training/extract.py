@@ -146,6 +146,8 @@ def job_key(backbone: Backbone, items: Sequence[Item], cfg: ExtractConfig, data_
     }
     if backbone.delta is not None:  # a reward-tuned backbone (stage 0) has other features than its base
         meta["delta"] = backbone.delta.sha256
+    if backbone.precision != "float32":  # bf16 features are their own cache: precisions are never mixed
+        meta["precision"] = backbone.precision
     h.update(json.dumps(meta, sort_keys=True).encode())
     for it in items:
         h.update(json.dumps([list(it.messages), it.response]).encode())

@@ -19,31 +19,34 @@ from armo.training.extract import FeatureTable, ShardPool, run_extraction, scori
 from armo.training.prepare import Dataset, build_eval_set, build_training_set, part_bounds
 from armo.training.stage0 import has_layer_cache
 
-_BACKBONES: dict[tuple[str, str, str, str], Backbone] = {}
+_BACKBONES: dict[tuple[str, ...], Backbone] = {}
 
 
 def load_backbone_once(spec: str, **kwargs: Any) -> Backbone:
-    """`load_backbone`, once per process for each backbone, delta, device and quantisation: training reads the same
-    backbone in many stages and comparisons."""
+    """`load_backbone`, once per process for each backbone, delta, device, quantisation and precision: training
+    reads the same backbone in many stages and comparisons."""
     delta: LoadedDelta | None = kwargs.get("delta")
-    key = (spec, delta.sha256 if delta else "", str(kwargs.get("device", "cpu")), str(kwargs.get("quantize", "none")))
+    defaults = {"device": "cpu", "quantize": "none", "dtype": "float32"}  # load_backbone's
+    key = (spec, delta.sha256 if delta else "", *(str(kwargs.get(k, v)) for k, v in defaults.items()))
     if key not in _BACKBONES:
         _BACKBONES[key] = load_backbone(spec, **kwargs)
     return _BACKBONES[key]
 
 
-def get_backbone(spec: str, delta: str = "", device: str = "cpu") -> Backbone:
-    """`spec` on `device`, with `delta` (a stage-0 delta file) merged into it; loaded once per process."""
-    return load_backbone_once(spec, delta=read_run_delta(Path(delta)) if delta else None, device=device)
+def get_backbone(spec: str, delta: str = "", device: str = "cpu", dtype: str = "float32") -> Backbone:
+    """`spec` on `device` in `dtype`, with `delta` (a stage-0 delta file) merged into it; loaded once per process."""
+    loaded = read_run_delta(Path(delta)) if delta else None
+    return load_backbone_once(spec, delta=loaded, device=device, dtype=dtype)
 
 
 def backbone_options(cfg: TrainConfig, quantize: Quantize = "none") -> BackboneOptions:
-    """Training's backbone: the config's (it overrides an artifact's id), fp32, in-process, on the config's device."""
+    """Training's backbone: the config's (it overrides an artifact's id), in-process, on the config's device and
+    in its dtype."""
     return BackboneOptions(
         override=cfg.backbone,
         cache_dir=None,
         device=cfg.device,
-        dtype="float32",
+        dtype=cfg.dtype,
         quantize=quantize,
         packed=True,
         vllm=None,
@@ -62,7 +65,7 @@ def load_artifact(
 def run_backbone(cfg: TrainConfig) -> Backbone:
     """The backbone a run's stages read: the configured one on the configured device, reward-tuned by
     `stage0.delta` when set."""
-    return get_backbone(cfg.backbone, cfg.stage0.delta, cfg.device)
+    return get_backbone(cfg.backbone, cfg.stage0.delta, cfg.device, cfg.dtype)
 
 
 def featurize(

@@ -25,18 +25,21 @@ class ShardExtractor:
     whole shards. `key` is the driver's `job_key` of an empty job: the backbone's identity (id, revision, template,
     delta) and the extraction settings, as the cache directory's key sees them; another backbone is refused."""
 
-    def __init__(self, backbone: str, cfg: dict[str, Any], threads: int, device: str, delta: str, key: str) -> None:
+    def __init__(
+        self, backbone: str, cfg: dict[str, Any], threads: int, device: str, delta: str, dtype: str, key: str
+    ) -> None:
         from armo.model_store.backbone import load_backbone
         from armo.model_store.delta import read_run_delta
 
         torch.set_num_threads(threads)
         # Ray gives an actor with GPUs its own CUDA_VISIBLE_DEVICES, so `cuda` is that actor's GPU.
-        self.backbone = load_backbone(backbone, delta=read_run_delta(Path(delta)) if delta else None, device=device)
+        loaded = read_run_delta(Path(delta)) if delta else None
+        self.backbone = load_backbone(backbone, delta=loaded, device=device, dtype=dtype)
         self.cfg = ExtractConfig(**cfg)
         if job_key(self.backbone, [], self.cfg, {}) != key:
             raise RuntimeError(
-                f"the Ray actor loaded {backbone} (delta {delta or 'none'}), not the backbone the feature cache is "
-                "keyed by: its features would be filed under another backbone's key"
+                f"the Ray actor loaded {backbone} (delta {delta or 'none'}, {dtype}), not the backbone the feature "
+                "cache is keyed by: its features would be filed under another backbone's key"
             )
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +65,8 @@ def ray_pool(driver: Backbone, spec: str, pool: Pool, device: str = "cpu", delta
             for s, gs in inputs.items()
         ]
         key = job_key(driver, [], cfg, {})
-        actor = {"backbone": spec, "cfg": vars(cfg), "device": device, "delta": delta, "key": key}
+        actor = {"backbone": spec, "cfg": vars(cfg), "device": device, "delta": delta, "dtype": driver.precision}
+        actor["key"] = key
         for row in map_shards(ShardExtractor, items, pool, **actor):
             yield int(row["shard"]), load(bytes(row["tensors"])), int(row["tokens"])
 

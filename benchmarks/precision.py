@@ -1,0 +1,221 @@
+"""bf16 against fp32 (and the opt-in int8) on this CPU, side by side in one run on the same inputs.
+
+    .venv/bin/python -m benchmarks.precision [--http]       # writes docs/benchmarks_precision.json
+
+Ceilings: the matmul rate at the backbone's own Linear shapes ([rows, in] @ [in, out], weighted by how often each
+occurs) in fp32, bf16 (oneDNN on AMX / AVX512-BF16) and int8 (`torch._int_mm`, AMX-INT8), turned into tokens/s
+with `benchmarks.run.flops_per_token` (2 × non-embedding parameters + 4·layers·d·context for attention).
+
+Paths, each timed on the same slices in palindrome order (benchmarks.run.palindrome_seconds):
+- `fp32`: the scoring path (RewardModel.score: prompt sharing, packed passes, heads) on the fp32 backbone — the
+  default before bf16;
+- `bf16`: the same on the bf16 backbone — what `ARMO_DTYPE=auto` serves here for an artifact that states its bf16
+  agreement;
+- `int8`: the opt-in int8 backbone (ARMO_QUANTIZE=int8), on fp32.
+Plus the raw packed forward in bf16 (no sharing, no heads) as a fraction of the bf16 ceiling.
+Workloads: RewardBench-like pairs, Best-of-16 (one ~1,000-token prompt, 16 ~100-token responses), GRPO-like groups
+(8 prompts × 8 responses). `--http` times two `armo serve` processes (ARMO_DTYPE=float32 and auto) on the same
+requests, a pair / a group per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+import typer
+from loadtests.http_load import run_load
+
+from armo.model_store.backbone import Backbone, load_backbone
+from armo.model_store.bundled import BUNDLED_ROOT, DEFAULT_MODEL
+from armo.model_store.forward import item_features
+from armo.model_store.reward_model import RewardModel, ScoreItem
+from armo.model_store.store import ModelStore
+from armo.settings import Settings
+from benchmarks.run import (
+    ROOT,
+    best_of_n,
+    cpu_model,
+    flops_per_token,
+    free_port,
+    http_load,
+    palindrome_seconds,
+    ratio_summary,
+    rewardbench_pairs,
+    server,
+)
+from benchmarks.vllm import grpo_groups, requests_of
+
+
+def shape_ceilings(backbone: Backbone, rows: int = 1024, seconds: float = 0.5) -> dict[str, float]:
+    """GFLOP/s (GOP/s for int8) at the backbone's Linear shapes, per precision."""
+    shapes: dict[tuple[int, int], int] = {}
+    for m in backbone.model.modules():
+        if isinstance(m, torch.nn.Linear):
+            shapes[(m.in_features, m.out_features)] = shapes.get((m.in_features, m.out_features), 0) + 1
+    out = {}
+    for name, make in {
+        "float32": lambda r, c: torch.randn(r, c),
+        "bfloat16": lambda r, c: torch.randn(r, c).to(torch.bfloat16),
+        "int8": lambda r, c: torch.randint(-100, 100, (r, c), dtype=torch.int8),
+    }.items():
+        mm = torch._int_mm if name == "int8" else torch.mm
+        flops = secs = 0.0
+        for (d_in, d_out), count in shapes.items():
+            a, b = make(rows, d_in), make(d_in, d_out)
+            flops += count * 2 * rows * d_in * d_out
+            secs += count * _seconds(lambda mm=mm, a=a, b=b: mm(a, b), seconds)
+        out[name] = flops / secs / 1e9
+    return out
+
+
+def _seconds(call: Callable[[], Any], seconds: float) -> float:
+    """Mean wall time of `call()`, repeated for about `seconds` after one warm-up call."""
+    call()
+    n, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        call()
+        n += 1
+    return (time.perf_counter() - started) / n
+
+
+def main(
+    pairs: int = typer.Option(24, help="RewardBench pairs in the pair workload."),
+    max_length: int = typer.Option(1024, help="Longest sequence admitted to the pair workload (tokens)."),
+    rounds: int = typer.Option(3, help="Rounds of palindrome-ordered timings."),
+    http: bool = typer.Option(False, help="Also compare ARMO_DTYPE=float32 and auto through the service."),
+    concurrency: int = typer.Option(8, help="Concurrent HTTP clients."),
+    out: Path = typer.Option(ROOT / "docs" / "benchmarks_precision.json", help="Where to write the figures."),
+) -> None:
+    manifest, head = ModelStore(BUNDLED_ROOT).load(DEFAULT_MODEL)
+    config = Settings.model_construct().scoring_config(manifest.backbone.max_length)
+    fp32 = load_backbone("embedded")
+    bf16 = load_backbone("embedded", dtype="bfloat16")
+    models = {
+        "fp32": RewardModel(fp32, head, manifest, config),
+        "bf16": RewardModel(bf16, head, manifest, config),
+        "int8": RewardModel(load_backbone("embedded", quantize="int8"), head, manifest, config),
+    }
+    paths: dict[str, Callable[[Sequence[ScoreItem]], Any]] = {
+        name: (lambda batch, m=m: [r.score for r in m.score(batch)]) for name, m in models.items()
+    }
+    workloads: dict[str, list[ScoreItem]] = {
+        "pairs": [ScoreItem(m, y) for m, c, r in rewardbench_pairs(fp32, pairs, max_length) for y in (c, r)],
+        "best_of_16": best_of_n(fp32, 16),
+        "grpo_8x8": grpo_groups(fp32, 8, 8, max_length),
+    }
+    ceilings = shape_ceilings(fp32)
+    results: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__},
+        "model": f"{manifest.model}/{manifest.version}",
+        "shape_matmul_gflops": ceilings,
+    }
+    print("matmul at the backbone's shapes: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in ceilings.items()))
+    for name, items in workloads.items():
+        prepared = [models["fp32"].prepare(it) for it in items]
+        tokens = sum(p.tokens for p in prepared)
+        scores = {p: run(items) for p, run in paths.items()}  # also the warm-up
+        slices = [items[k : k + 16] for k in range(0, len(items), 16)]
+        seconds = palindrome_seconds(paths, slices, rounds)
+        rate = {p: tokens * rounds / sum(s) for p, s in seconds.items()}
+        # The raw packed forward in bf16 (no prompt sharing, no heads) against the bf16 ceiling at this context.
+        encoded = [p.encoded for p in prepared]
+        raw = palindrome_seconds(
+            {"raw": lambda b: item_features(bf16, b, config.forward, share_prompts=False)},
+            [encoded[k : k + 16] for k in range(0, len(encoded), 16)],
+            rounds,
+        )["raw"]
+        ceiling = ceilings["bfloat16"] * 1e9 / flops_per_token(fp32, tokens / len(items) / 2)
+        row = {
+            "items": len(items),
+            "tokens": tokens,
+            "tokens_per_s": rate,
+            "bf16_vs_fp32": ratio_summary(seconds["fp32"], seconds["bf16"]),
+            "int8_vs_bf16": ratio_summary(seconds["bf16"], seconds["int8"]),
+            "raw_bf16_forward_tokens_per_s": tokens * rounds / sum(raw),
+            "bf16_ceiling_tokens_per_s": ceiling,
+            "raw_bf16_forward_vs_ceiling": tokens * rounds / sum(raw) / ceiling,
+            "max_abs_score_diff_vs_fp32": {
+                p: max(abs(a - b) for a, b in zip(s, scores["fp32"], strict=True)) for p, s in scores.items()
+            },
+        }
+        results[name] = row
+        print(
+            f"{name}: {len(items)} items, {tokens} tokens; tokens/s "
+            + ", ".join(f"{p} {r:.0f}" for p, r in rate.items())
+            + f"; bf16/fp32 {row['bf16_vs_fp32']['overall']:.2f}×, int8/bf16 {row['int8_vs_bf16']['overall']:.2f}×"
+            + f"; raw bf16 forward {row['raw_bf16_forward_vs_ceiling']:.2f} of the bf16 ceiling"
+        )
+    if http:
+        del models, paths, fp32, bf16  # the servers load their own
+        results["http"] = http_leg(
+            {n: (items, results[n]["tokens"]) for n, items in workloads.items()}, rounds, concurrency
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+def http_leg(workloads: dict[str, tuple[list[ScoreItem], int]], rounds: int, concurrency: int) -> dict[str, Any]:
+    """`armo serve` with ARMO_DTYPE=float32 and with auto (bf16 here), on the same requests in palindrome order
+    (prompts tagged per pass, so no pass finds another's prompts in a cache)."""
+    tmp = Path(tempfile.mkdtemp(prefix="armo-bench-precision-"))
+    base = {"ARMO_WATCH_INTERVAL_S": "0", "ARMO_LOG_LEVEL": "WARNING", "ARMO_REQUEST_TIMEOUT_S": "600"}
+    base |= {"ARMO_MAX_QUEUE": "4096"}
+    ports = {"float32": free_port(), "auto": free_port()}
+    cmd = [sys.executable, "-m", "armo.cli", "serve", "--port"]
+    tags = itertools.count()
+    per_request = {"pairs": 2, "best_of_16": 16, "grpo_8x8": 8}
+    out: dict[str, Any] = {"concurrency": concurrency}
+    with (
+        server([*cmd, str(ports["float32"])], base | {"ARMO_DTYPE": "float32"}, ports["float32"], tmp / "f32.log"),
+        server([*cmd, str(ports["auto"])], base | {"ARMO_DTYPE": "auto"}, ports["auto"], tmp / "auto.log"),
+    ):
+        for port in ports.values():  # warm-up: the first requests pay for lazy initialisation
+            http_load(f"http://127.0.0.1:{port}/v1/score", requests_of(workloads["pairs"][0][:8], 2, -1), 2)
+        out["precision"] = {
+            k: httpx_json(f"http://127.0.0.1:{p}/v1/models")["loaded"]["backbone"]["precision"]
+            for k, p in ports.items()
+        }
+        for name, (items, tokens) in workloads.items():
+
+            def send(dtype: str, batch: Sequence[ScoreItem], name: str = name) -> None:
+                payloads = requests_of(batch, per_request[name], next(tags))
+                result = asyncio.run(
+                    run_load(f"http://127.0.0.1:{ports[dtype]}/v1/score", payloads, concurrency=concurrency)
+                )
+                assert result.ok == len(payloads), result.statuses  # a refused request would flatter the rate
+
+            paths = {d: (lambda batch, d=d: send(d, batch)) for d in ports}
+            slices = [items[k : k + 16] for k in range(0, len(items), 16)]
+            seconds = palindrome_seconds(paths, slices, rounds)
+            out[name] = {
+                "tokens_per_s": {d: tokens * rounds / sum(v) for d, v in seconds.items()},
+                "auto_vs_float32": ratio_summary(seconds["float32"], seconds["auto"]),
+            }
+            print(
+                f"http {name}: tokens/s "
+                + ", ".join(f"{d} {r:.0f}" for d, r in out[name]["tokens_per_s"].items())
+                + f"; auto/float32 {out[name]['auto_vs_float32']['overall']:.2f}×"
+            )
+    return out
+
+
+def httpx_json(url: str) -> Any:
+    return httpx.get(url, timeout=30).json()
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -218,10 +218,10 @@ class Settings(BaseSettings):
             check_dtype(self.dtype, self.device)
         except ValueError as e:
             raise ValueError(f"ARMO_DTYPE={e}") from None
-        if self.quantize != "none" and self.dtype not in {"auto", "float32"}:
-            raise ValueError(f"ARMO_QUANTIZE={self.quantize} runs on a float32 backbone (ARMO_DTYPE={self.dtype})")
         if self.quantize != "none" and self.device != "cpu":
             raise ValueError(f"ARMO_QUANTIZE={self.quantize} runs on the CPU only (ARMO_DEVICE={self.device})")
+        if self.quantize != "none" and self.dtype not in {"auto", "float32"}:
+            raise ValueError(f"ARMO_QUANTIZE={self.quantize} runs on a float32 backbone (ARMO_DTYPE={self.dtype})")
         if self.quantize != "none" and self.backend != "transformers":
             raise ValueError(f"ARMO_QUANTIZE={self.quantize} runs on transformers only (ARMO_BACKEND={self.backend})")
         return self

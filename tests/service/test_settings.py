@@ -20,7 +20,7 @@ def test_defaults_serve_the_bundled_model(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("ARMO_STORE_ROOT", raising=False)
     s = Settings()
     assert (s.store_root, s.model, s.alias, s.backbone) == (BUNDLED_ROOT, "armo-smollm2", "current", None)
-    assert (s.host, s.port, s.device, s.dtype) == ("127.0.0.1", 8000, "cpu", "float32")
+    assert (s.host, s.port, s.device, s.dtype) == ("127.0.0.1", 8000, "cpu", "auto")
     assert s.api_keys == [] and s.admin_key is None
 
 
@@ -67,7 +67,7 @@ def test_environment_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
     ("env", "value", "words"),
     [
         ("ARMO_DEVICE", "tpu", "device"),
-        ("ARMO_DTYPE", "bfloat16", "float32"),
+        ("ARMO_DTYPE", "float16", "no fast CPU path"),
         ("ARMO_MAX_BATCH_SIZE", "0", "greater than or equal"),
         ("ARMO_API_KEYS", "short", "at least 8"),
         ("ARMO_PORT", "70000", "less than or equal"),

@@ -169,9 +169,9 @@ def test_ray_actors_refuse_a_backbone_the_cache_is_not_keyed_by(tiny_backbone_di
     tuned = load_backbone(str(tiny_backbone_dir), delta=read_run_delta(delta))
     cfg = ExtractConfig(max_length=128)
     key = job_key(tuned, [], cfg, {})
-    ShardExtractor(str(tiny_backbone_dir), vars(cfg), 1, "cpu", str(delta), key)  # the driver's own backbone
+    ShardExtractor(str(tiny_backbone_dir), vars(cfg), 1, "cpu", str(delta), "float32", key)  # the driver's own
     with pytest.raises(RuntimeError, match="not the backbone the feature cache is keyed by"):
-        ShardExtractor(str(tiny_backbone_dir), vars(cfg), 1, "cpu", "", key)  # the base backbone: frozen features
+        ShardExtractor(str(tiny_backbone_dir), vars(cfg), 1, "cpu", "", "float32", key)  # the base: frozen features
 
 
 @pytest.mark.slow

@@ -20,22 +20,16 @@ requests, a pair / a group per request.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import itertools
 import json
 import os
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
 import torch
 import typer
-from loadtests.http_load import run_load
 
 from armo.model_store.backbone import Backbone, load_backbone
 from armo.model_store.bundled import BUNDLED_ROOT, DEFAULT_MODEL
@@ -48,14 +42,11 @@ from benchmarks.run import (
     best_of_n,
     cpu_model,
     flops_per_token,
-    free_port,
-    http_load,
     palindrome_seconds,
     ratio_summary,
     rewardbench_pairs,
-    server,
 )
-from benchmarks.vllm import grpo_groups, requests_of
+from benchmarks.vllm import grpo_groups, http_leg
 
 
 def shape_ceilings(backbone: Backbone, rows: int = 1024, seconds: float = 0.5) -> dict[str, float]:
@@ -160,61 +151,11 @@ def main(
         )
     if http:
         del models, paths, fp32, bf16  # the servers load their own
-        results["http"] = http_leg(
-            {n: (items, results[n]["tokens"]) for n, items in workloads.items()}, rounds, concurrency
-        )
+        work = {n: (items, results[n]["tokens"]) for n, items in workloads.items()}
+        results["http"] = http_leg(work, rounds, concurrency, {"float32": {"ARMO_DTYPE": "float32"}, "auto": {}})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
-
-
-def http_leg(workloads: dict[str, tuple[list[ScoreItem], int]], rounds: int, concurrency: int) -> dict[str, Any]:
-    """`armo serve` with ARMO_DTYPE=float32 and with auto (bf16 here), on the same requests in palindrome order
-    (prompts tagged per pass, so no pass finds another's prompts in a cache)."""
-    tmp = Path(tempfile.mkdtemp(prefix="armo-bench-precision-"))
-    base = {"ARMO_WATCH_INTERVAL_S": "0", "ARMO_LOG_LEVEL": "WARNING", "ARMO_REQUEST_TIMEOUT_S": "600"}
-    base |= {"ARMO_MAX_QUEUE": "4096"}
-    ports = {"float32": free_port(), "auto": free_port()}
-    cmd = [sys.executable, "-m", "armo.cli", "serve", "--port"]
-    tags = itertools.count()
-    per_request = {"pairs": 2, "best_of_16": 16, "grpo_8x8": 8}
-    out: dict[str, Any] = {"concurrency": concurrency}
-    with (
-        server([*cmd, str(ports["float32"])], base | {"ARMO_DTYPE": "float32"}, ports["float32"], tmp / "f32.log"),
-        server([*cmd, str(ports["auto"])], base | {"ARMO_DTYPE": "auto"}, ports["auto"], tmp / "auto.log"),
-    ):
-        for port in ports.values():  # warm-up: the first requests pay for lazy initialisation
-            http_load(f"http://127.0.0.1:{port}/v1/score", requests_of(workloads["pairs"][0][:8], 2, -1), 2)
-        out["precision"] = {
-            k: httpx_json(f"http://127.0.0.1:{p}/v1/models")["loaded"]["backbone"]["precision"]
-            for k, p in ports.items()
-        }
-        for name, (items, tokens) in workloads.items():
-
-            def send(dtype: str, batch: Sequence[ScoreItem], name: str = name) -> None:
-                payloads = requests_of(batch, per_request[name], next(tags))
-                result = asyncio.run(
-                    run_load(f"http://127.0.0.1:{ports[dtype]}/v1/score", payloads, concurrency=concurrency)
-                )
-                assert result.ok == len(payloads), result.statuses  # a refused request would flatter the rate
-
-            paths = {d: (lambda batch, d=d: send(d, batch)) for d in ports}
-            slices = [items[k : k + 16] for k in range(0, len(items), 16)]
-            seconds = palindrome_seconds(paths, slices, rounds)
-            out[name] = {
-                "tokens_per_s": {d: tokens * rounds / sum(v) for d, v in seconds.items()},
-                "auto_vs_float32": ratio_summary(seconds["float32"], seconds["auto"]),
-            }
-            print(
-                f"http {name}: tokens/s "
-                + ", ".join(f"{d} {r:.0f}" for d, r in out[name]["tokens_per_s"].items())
-                + f"; auto/float32 {out[name]['auto_vs_float32']['overall']:.2f}×"
-            )
-    return out
-
-
-def httpx_json(url: str) -> Any:
-    return httpx.get(url, timeout=30).json()
 
 
 if __name__ == "__main__":

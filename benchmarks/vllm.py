@@ -23,6 +23,7 @@ no pass finds another's prompts in the cache, and each still shares a prompt bet
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import itertools
 import json
@@ -33,6 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import torch
 import typer
 from loadtests.http_load import run_load
@@ -140,9 +142,8 @@ def main(
         )
     if http:
         del models, on_vllm, engine, hf  # the servers load their own
-        results["http"] = http_leg(
-            {name: (items, results[name]["tokens"]) for name, (items, _) in workloads.items()}, rounds, concurrency
-        )
+        work = {name: (items, results[name]["tokens"]) for name, (items, _) in workloads.items()}
+        results["http"] = http_leg(work, rounds, concurrency, {"transformers": {}, "vllm": {"ARMO_BACKEND": "vllm"}})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
@@ -162,28 +163,34 @@ def requests_of(items: Sequence[ScoreItem], per_request: int, tag: int) -> list[
     return [{"items": rows[k : k + per_request]} for k in range(0, len(rows), per_request)]
 
 
-def http_leg(workloads: dict[str, tuple[list[ScoreItem], int]], rounds: int, concurrency: int) -> dict[str, Any]:
-    """Both backends behind `armo serve`, timed in palindrome order on the same requests (tagged per pass).
-    `workloads`: name -> (items, their tokens untagged; a tag adds about 4 tokens per sequence)."""
-    tmp = Path(tempfile.mkdtemp(prefix="armo-bench-vllm-"))
+def http_leg(
+    workloads: dict[str, tuple[list[ScoreItem], int]], rounds: int, concurrency: int, servers: dict[str, dict[str, str]]
+) -> dict[str, Any]:
+    """Two `armo serve` processes (`servers`: name -> extra environment), timed in palindrome order on the same
+    requests (tagged per pass); the ratio is the second's rate over the first's. `workloads`: name -> (items, their
+    tokens untagged; a tag adds about 4 tokens per sequence)."""
+    tmp = Path(tempfile.mkdtemp(prefix="armo-bench-http-"))
     base = {"ARMO_WATCH_INTERVAL_S": "0", "ARMO_LOG_LEVEL": "WARNING", "ARMO_REQUEST_TIMEOUT_S": "600"}
     base |= {"ARMO_MAX_QUEUE": "4096"}
-    ports = {"transformers": free_port(), "vllm": free_port()}
+    ports = {name: free_port() for name in servers}
+    first, second = servers
+    ratio = f"{second}_vs_{first}"
     cmd = [sys.executable, "-m", "armo.cli", "serve", "--port"]
     tags = itertools.count()
     per_request = {"pairs": 2, "best_of_16": 16, "grpo_8x8": 8}
     out: dict[str, Any] = {"concurrency": concurrency}
-    with (
-        server([*cmd, str(ports["transformers"])], base, ports["transformers"], tmp / "transformers.log"),
-        server([*cmd, str(ports["vllm"])], base | {"ARMO_BACKEND": "vllm"}, ports["vllm"], tmp / "vllm.log"),
-    ):
+    with contextlib.ExitStack() as stack:
+        for name, env in servers.items():
+            stack.enter_context(server([*cmd, str(ports[name])], base | env, ports[name], tmp / f"{name}.log"))
         for port in ports.values():  # warm-up: the first requests pay for lazy initialisation
             http_load(f"http://127.0.0.1:{port}/v1/score", requests_of(workloads["pairs"][0][:8], 2, -1), 2)
+        models = {n: httpx.get(f"http://127.0.0.1:{p}/v1/models", timeout=30).json() for n, p in ports.items()}
+        out["backbones"] = {n: m["loaded"]["backbone"] for n, m in models.items()}
         for name, (items, tokens) in workloads.items():
 
-            def send(backend: str, batch: Sequence[ScoreItem], name: str = name) -> None:
+            def send(target: str, batch: Sequence[ScoreItem], name: str = name) -> None:
                 payloads = requests_of(batch, per_request[name], next(tags))
-                url = f"http://127.0.0.1:{ports[backend]}/v1/score"
+                url = f"http://127.0.0.1:{ports[target]}/v1/score"
                 result = asyncio.run(run_load(url, payloads, concurrency=concurrency))
                 assert result.ok == len(payloads), result.statuses  # a refused request would flatter the rate
 
@@ -192,12 +199,12 @@ def http_leg(workloads: dict[str, tuple[list[ScoreItem], int]], rounds: int, con
             seconds = palindrome_seconds(paths, slices, rounds)
             out[name] = {
                 "tokens_per_s": {b: tokens * rounds / sum(v) for b, v in seconds.items()},
-                "vllm_vs_transformers": ratio_summary(seconds["transformers"], seconds["vllm"]),
+                ratio: ratio_summary(seconds[first], seconds[second]),
             }
             print(
                 f"http {name}: tokens/s "
                 + ", ".join(f"{b} {r:.0f}" for b, r in out[name]["tokens_per_s"].items())
-                + f"; vllm/transformers {out[name]['vllm_vs_transformers']['overall']:.2f}×"
+                + f"; {second}/{first} {out[name][ratio]['overall']:.2f}×"
             )
     return out
 

@@ -53,7 +53,7 @@ class PrecisionAgreement(_Strict):
     """How far scores computed in another precision sat from those in the precision the heads were fit in, on
     validation items of the training data (never evaluation data)."""
 
-    policy: str  # what ran in that precision (armo.model_store.precision)
+    policy: str  # what ran in that precision (e.g. the whole backbone in bf16, fp32 features for the heads)
     items: int
     mean_abs_delta: float
     max_abs_delta: float

@@ -104,10 +104,11 @@ def featurize(
 
 def check_same_features(base: TrainConfig, variants: dict[str, TrainConfig]) -> None:
     """Variants compared on `base`'s features (a sweep, a cross-validation) may change objectives, probes, debiasing
-    and gating, not what the features are made of: the data, the extraction or the backbone (stage 0's delta
-    included). Raises ValueError naming the first variant that does."""
+    and gating, not what the features are made of: the data, the extraction or the backbone (stage 0's delta and
+    the precision included). Raises ValueError naming the first variant that does."""
     for name, cfg in variants.items():
-        if (cfg.data, cfg.extract, cfg.backbone, cfg.stage0) != (base.data, base.extract, base.backbone, base.stage0):
+        made_of = (cfg.data, cfg.extract, cfg.backbone, cfg.stage0, cfg.dtype)
+        if made_of != (base.data, base.extract, base.backbone, base.stage0, base.dtype):
             raise ValueError(f"variant {name!r} changes the data, extraction or backbone: it needs other features")
 
 
@@ -131,7 +132,7 @@ def load_features(cfg: TrainConfig, backbone: Backbone | None, with_eval: bool) 
     train = build_training_set(cfg.data)
     bb = backbone or run_backbone(cfg)
     pools: Sequence[ShardPool | None] = ()
-    if has_layer_cache(Path(cfg.cache_dir)):
+    if has_layer_cache(Path(cfg.cache_dir)) and bb.precision == "float32":  # stage 0 caches fp32 layer inputs
         from armo.training.stage0.layer_cache import cached_pools
 
         pools = cached_pools(cfg, train, bb)

@@ -48,8 +48,10 @@ def wait_ready(client: httpx.Client, proc: subprocess.Popen[bytes], log: Path, t
 
 
 @contextmanager
-def armo_server(store: ModelStore, workdir: Path, *, ready: bool = True, **env: str) -> Iterator[Server]:
-    """`armo serve` on a free port, serving model "tiny" of `store`; `env` adds ARMO_* settings."""
+def armo_server(
+    store: ModelStore, workdir: Path, *, ready: bool = True, args: tuple[str, ...] = (), **env: str
+) -> Iterator[Server]:
+    """`armo serve` on a free port, serving model "tiny" of `store`; `env` adds ARMO_* settings, `args` arguments."""
     port = free_port()
     full_env = {
         **os.environ,
@@ -65,7 +67,7 @@ def armo_server(store: ModelStore, workdir: Path, *, ready: bool = True, **env: 
     log_path = workdir / f"server-{port}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "armo.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "armo.cli", "serve", *args, "--host", "127.0.0.1", "--port", str(port)],
             env=full_env,
             cwd=workdir,
             stdout=log,

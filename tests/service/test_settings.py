@@ -5,15 +5,22 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
+import httpx
 import pytest
+import typer
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
+from armo.model_store.backbone import Backbone
 from armo.model_store.bundled import BUNDLED_ROOT
+from armo.model_store.store import ModelStore
 from armo.service.app import batcher_config
 from armo.service.app import limits as request_limits
 from armo.settings import Settings
+from tests.conftest import make_artifact
+from tests.live import API_KEY, armo_server
 
 
 def test_defaults_serve_the_bundled_model(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,3 +122,33 @@ def test_armo_serve_without_vllm_names_the_setting_and_the_setup_script(monkeypa
     assert result.exit_code == 2, result.output
     assert "ARMO_BACKEND" in result.output and "scripts/setup-vllm.sh" in result.output
     assert "Traceback" not in result.output
+
+
+def test_armo_serve_model_names_an_artifact_a_model_folder_or_a_model(tmp_path: Path, tiny_store: ModelStore) -> None:
+    from armo.service.cli import model_settings
+
+    root = tiny_store.root.resolve()
+    assert model_settings(None) == {}
+    assert model_settings(str(root / "tiny" / "v1")) == {"store_root": root, "model": "tiny", "alias": "v1"}
+    assert model_settings(f"{root / 'tiny'}@v1") == {"store_root": root, "model": "tiny", "alias": "v1"}
+    assert model_settings(str(root / "tiny")) == {"store_root": root, "model": "tiny"}
+    assert model_settings("armo-smollm2@v0.3.0") == {"model": "armo-smollm2", "alias": "v0.3.0"}
+    with pytest.raises(typer.BadParameter, match="no artifact or model folder"):
+        model_settings(str(tmp_path / "nowhere" / "tiny"))
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    with pytest.raises(typer.BadParameter, match="import it first"):
+        model_settings(str(tmp_path / "ckpt"))
+
+
+def test_armo_serve_takes_the_model_and_the_precision_on_the_command_line(
+    tmp_path: Path, tiny_store: ModelStore, tiny_backbone: Backbone
+) -> None:
+    """A real `armo serve STORE/tiny@v1 --dtype float32` process: the arguments win over ARMO_MODEL / ARMO_DTYPE
+    (and over the alias, which points at v2)."""
+    tiny_store.publish(*make_artifact(tiny_backbone, version="v2", seed=1))
+    args = (f"{tiny_store.root}/tiny@v1", "--dtype", "float32", "--device", "cpu")
+    with armo_server(tiny_store, tmp_path, args=args, ARMO_MODEL="elsewhere", ARMO_DTYPE="bogus") as server:
+        info = httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}).json()
+    assert (info["loaded"]["model"], info["loaded"]["version"]) == ("tiny", "v1")
+    assert info["loaded"]["backbone"]["precision"] == "float32"

@@ -1,4 +1,4 @@
-"""A burst of requests on a full queue: refusals and liveness do not wait on the model's work (issue 28).
+"""A burst of requests on a full queue: refusals and liveness do not wait on the model's work.
 
 In-process (ASGI, `Gate` holds the real forward pass) for the mechanism, and a real `armo serve` process with the
 embedded model for the figures: the same loop as loadtests/reliability.py --mode burst.

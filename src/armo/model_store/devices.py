@@ -3,6 +3,7 @@ jobs (`device` in a training config). No torch import: settings must stay import
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -21,13 +22,15 @@ def check_device(value: str) -> str:
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+@functools.cache  # read once per process: every load and reload asks
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     """This CPU's feature flags (empty where /proc/cpuinfo is not there: then no bf16 is assumed)."""
     try:
         text = cpuinfo.read_text()
     except OSError:
-        return set()
-    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.partition(":")[2].split()}
+        return frozenset()
+    lines = (line for line in text.splitlines() if line.startswith("flags"))
+    return frozenset(flag for line in lines for flag in line.partition(":")[2].split())
 
 
 def cpu_bf16_units() -> bool:

@@ -28,7 +28,16 @@ class BackboneTuneConfig:
         default=4,
         metadata={
             "help": "The layer cache holds the inputs of layer L−cache_layers (≥ layers): candidates with fewer "
-            "layers share it (the frozen ones in between run without gradients)."
+            "layers share it (the frozen ones in between run without gradients). Every layer (the backbone's L): "
+            "the whole backbone is tuned, from its embeddings."
+        },
+    )
+    store_cache: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep the layer cache on disk (fp32, d floats per token). Off: each pass's layer input is "
+            "computed when it is read (free when cache_layers is every layer: the embeddings), which whole-backbone "
+            "runs over every training pair need, as their cache would not fit on disk."
         },
     )
     method: Literal["lora", "full"] = field(
@@ -61,6 +70,13 @@ class BackboneTuneConfig:
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed of the adapters' initialisation and of the pair order."})
+    checkpoint_minutes: float = field(
+        default=5.0,
+        metadata={
+            "help": "Minutes between checkpoints within an epoch (and one at each epoch's end): `--resume` "
+            "loses at most that much work."
+        },
+    )
     out_dir: str = field(
         default="runs/backbone", metadata={"help": "Checkpoints, the delta and stage0.json per run name."}
     )

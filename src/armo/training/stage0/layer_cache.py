@@ -9,6 +9,9 @@ responses after it), so:
   top layers (`top_pool`), not from a second full extraction.
 Values are kept in fp32: features read through the cached top layers equal the tuned backbone's forward up to float
 reordering (tests/training/test_stage0.py).
+A cache need not be stored (`stage0.store_cache` off): each pass's input is then computed when it is read. That is
+what a whole-backbone run does: its "layer input" is the embedding of the pass's tokens, as cheap to compute as to
+read, and a stored copy of every training token's embeddings would not fit on disk.
 """
 
 from __future__ import annotations
@@ -108,12 +111,13 @@ class LayerCache:
         cfg: ExtractConfig,
         start: int,
         data_hashes: dict[str, str] | None = None,
+        stored: bool = True,
     ) -> None:
         if not backbone.packed:
             raise ValueError("stage 0 needs a backbone that runs packed (attention through armo's packing)")
         if not 0 <= start < len(decoder_layers(backbone.model)):
             raise ValueError(f"start layer {start} is outside the backbone's {len(decoder_layers(backbone.model))}")
-        self.backbone, self.cfg, self.start = backbone, cfg, start
+        self.backbone, self.cfg, self.start, self.stored = backbone, cfg, start, stored
         self.items = list(items)
         self.groups, self.shards = shard_layout(self.items, cfg)
         # The inputs of layer `start` are the base backbone's whatever delta the top layers get.
@@ -136,6 +140,8 @@ class LayerCache:
         """Compute every missing shard (resumable: each shard is written atomically)."""
         if self.backbone.delta is not None and min(self.backbone.delta.layers) < self.start:
             raise ValueError("the layer cache holds the base backbone's hidden states: build it without the delta")
+        if not self.stored:  # computed when read (`pass_input`)
+            return
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -185,7 +191,7 @@ class LayerCache:
         return tokens
 
     def complete(self) -> bool:
-        return all(self.path(s).is_file() for s in range(len(self.shards)))
+        return not self.stored or all(self.path(s).is_file() for s in range(len(self.shards)))
 
     def encoded(self, shard: int) -> tuple[list[EncodedGroup], list[list[int]]]:
         """A shard's encoded groups and its passes (group indices), kept once computed."""
@@ -204,8 +210,14 @@ class LayerCache:
         return len(self.encoded(shard)[1])
 
     def pass_input(self, shard: int, index: int) -> Tensor:
-        """The cached input hidden states [N, d] of one pass (read alone from the shard file), on the backbone's
-        device."""
+        """The input hidden states [N, d] of one pass (read alone from the shard file, or computed when the cache is
+        not stored), on the backbone's device, fp32, outside any autograd graph."""
+        if not self.stored:
+            groups, _ = self.pass_groups(shard, index)
+            units = [packing.Unit(g.prompt_ids, g.suffixes) for g in groups]
+            with torch.no_grad():  # not inference_mode: the tuned layers save their input for backward
+                hidden, _ = packing.forward(bottom_view(self.backbone.model, self.start), units)
+            return hidden.float()
         with safe_open(str(self.path(shard)), framework="pt", device=str(self.backbone.device)) as f:
             return f.get_tensor(f"pass{index}")
 
@@ -218,7 +230,8 @@ class LayerCache:
             self.backbone.template_hash,
         )
         below = backbone.delta is not None and min(backbone.delta.layers) < self.start
-        return same and backbone.packed and not below and self.complete()
+        # an unstored cache saves no work for features: the ordinary extraction computes the same
+        return self.stored and same and backbone.packed and not below and self.complete()
 
     def pool_for(self, backbone: Backbone) -> ShardPool:
         """`top_pool` through `backbone`'s own layers from `start` on (tuned or not)."""
@@ -262,6 +275,7 @@ def layer_caches(cfg: TrainConfig, ds: Dataset, backbone: Backbone) -> list[Laye
                 cfg=cfg.extract,
                 start=start,
                 data_hashes=ds.data_hashes if i == 0 else {},
+                stored=cfg.stage0.store_cache,
             )
         )
     return caches

@@ -11,7 +11,12 @@ the heads read features that preference training already shaped. On two CPU core
   trained with them, BT loss −log σ(r_chosen − r_rejected);
 - validation pairs (the config's split, by prompt) never train; after each epoch their pair accuracy is measured
   and the best epoch is exported as the delta (`armo.model_store.delta`);
-- every epoch is a checkpoint (adapters, head, optimiser, scheduler, RNG): a killed run resumes at the next epoch.
+- checkpoints every `stage0.checkpoint_minutes` and at each epoch's end (adapters, head, optimiser, scheduler, RNG,
+  the position in the epoch's pair order): the same command again resumes a killed run where it stopped;
+- `dtype=bfloat16`: the layers run under autocast (their matmuls in bf16 on AMX or CUDA) while the adapters, the head
+  and the optimiser keep fp32 master weights; the scalar head always reads the pooled features in fp32.
+With `stage0.layers` = `cache_layers` = every layer and `store_cache` off, the whole backbone is tuned from its
+embeddings (LoRA on every Linear of every layer).
 The scalar head is thrown away, as ArmoRM throws away its BT head: the heads of stages 2-4 are fit on the tuned
 features. On a GPU (`--set device=cuda`: the cache, the epochs and the features through the tuned layers run there, in
 fp32, and agree with the CPU run up to float rounding) the same command tunes more layers (`stage0.layers`, up to
@@ -25,6 +30,7 @@ import logging
 import math
 import random
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,11 +44,12 @@ from armo.model_store import atomic
 from armo.model_store.backbone import Backbone
 from armo.model_store.delta import DELTA_FILE, LORA_A, LORA_B, RUN_DELTA_ENTRY
 from armo.model_store.manifest import BackboneDelta, Pooling, sha256_file
-from armo.training.bradley_terry import balanced_mean, bt_loss, wins
+from armo.training.bradley_terry import bt_loss
 from armo.training.config import BackboneTuneConfig, TrainConfig
-from armo.training.prepare import Dataset, build_training_set, pair_group
+from armo.training.prepare import Dataset, build_training_set
 from armo.training.stage0.batches import Batch, PassRef, make_batch, pair_diffs, pass_index
 from armo.training.stage0.layer_cache import LayerCache, decoder_layers, layer_caches, top_view
+from armo.training.stage0.start import epoch_zero, save_checkpoint, validate
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +61,9 @@ class RewardTuner(nn.Module):
     """The top layers (the cached start layer through the last; LoRA on the tuned ones), the final norm and a
     scalar BT head on the pooled response feature."""
 
-    def __init__(self, backbone: Backbone, start: int, cfg: BackboneTuneConfig, pooling: Pooling) -> None:
+    def __init__(
+        self, backbone: Backbone, start: int, cfg: BackboneTuneConfig, pooling: Pooling, dtype: str = "float32"
+    ) -> None:
         super().__init__()
         import copy
 
@@ -64,6 +73,7 @@ class RewardTuner(nn.Module):
         if not start <= self.first_tuned < len(layers):
             raise ValueError(f"stage0.layers={cfg.layers} must be between 1 and stage0.cache_layers")
         self.start, self.method, self.pooling = start, cfg.method, pooling
+        self.bf16, self.device_type = dtype == "bfloat16", backbone.device.type
         frozen = [copy.deepcopy(layer) for layer in layers[start : self.first_tuned]]
         self.tuned = nn.ModuleList(copy.deepcopy(layer) for layer in layers[self.first_tuned :])
         self.scale = cfg.alpha / cfg.rank
@@ -87,9 +97,23 @@ class RewardTuner(nn.Module):
     def trainable(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def precision(self) -> AbstractContextManager[Any]:
+        """The layers' compute precision: bf16 autocast over fp32 weights, or plain fp32."""
+        return torch.autocast(self.device_type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+
     def rewards(self, batch: Batch) -> Tensor:
         """[outputs] rewards of a unit's responses, rows in pass and group order."""
-        return self.head(batch.pooled(self.top, self.pooling)).squeeze(-1)
+        with self.precision():
+            pooled = batch.pooled(self.top, self.pooling)  # [outputs, d]
+        return self.head(pooled.float()).squeeze(-1)
+
+    def diffs(
+        self, caches: list[LayerCache], refs: list[PassRef], ds: Dataset, desc: str | None = None
+    ) -> tuple[list[int], Tensor]:
+        """`pair_diffs` through the tuned layers in the run's precision: (pair ids, [P, d] fp32 differences)."""
+        with self.precision():
+            ids, diffs = pair_diffs(self.top, self.pooling, caches, refs, ds, desc)
+        return ids, diffs.float()
 
     def delta_tensors(self) -> dict[str, Tensor]:
         """The delta in the base model's parameter names (armo.model_store.delta)."""
@@ -112,71 +136,16 @@ class Stage0Result:
     report: dict[str, Any]
 
 
-def _validate(tuner: RewardTuner, ids: list[int], diffs: Tensor, ds: Dataset) -> dict[str, Any]:
-    with torch.inference_mode():
-        margin = (diffs @ tuner.head.weight[0].cpu()).numpy()  # [P]
-    win = wins(margin)
-    by_group, balanced, se = balanced_mean(win, [pair_group(ds.pairs[p]) for p in ids])
-    return {"pairs": len(ids), "balanced": balanced, "balanced_se": se, "all": float(win.mean()), "groups": by_group}
-
-
-def _warm_head(
-    tuner: RewardTuner, train: tuple[list[int], Tensor], val: tuple[list[int], Tensor], cfg: TrainConfig
-) -> tuple[float, float]:
-    """Fit the scalar head as the frozen backbone's linear BT model (the adapters start at zero, so the tuner's
-    features are the frozen ones): the probes' logistic regression, L2 picked on the validation pairs. Returns the
-    training pairs' mean BT loss at that start and the L2 chosen."""
-    from armo.training.objective_fits import fit_bt_probe
-
-    probe = fit_bt_probe("stage0-head", train[1].double().numpy(), val[1].double().numpy(), cfg.probes, "stage 0")
-    with torch.no_grad():
-        tuner.head.weight.copy_(torch.as_tensor(probe.w, dtype=torch.float32)[None])
-        tuner.head.bias.zero_()
-        margin = train[1] @ tuner.head.weight[0].cpu()
-    return float(bt_loss(margin)), probe.metrics["l2"]
-
-
-def _epoch_zero(
-    tuner: RewardTuner,
-    caches: list[LayerCache],
-    refs: tuple[list[PassRef], list[PassRef]],
-    ds: Dataset,
-    cfg: TrainConfig,
-    fingerprint: dict[str, Any],
-    progress: bool,
-) -> dict[str, Any]:
-    """Fit the head on the frozen features (`_warm_head`) and validate it: the history's epoch 0. The frozen
-    features do not depend on lr, rank, method or steps, so the fit is saved beside the runs (keyed by what it
-    does depend on) and every `--try` variant of one search reuses it instead of another forward over the pairs."""
-    import hashlib
-
-    s0 = cfg.stage0
-    key = {
-        **fingerprint,
-        "stage0": {k: fingerprint["stage0"][k] for k in ("layers", "cache_layers", "max_pairs", "seed")},
-        "l2": cfg.probes.weight_decays,
-    }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(s0.out_dir) / f"epoch0-{digest}.pt"
-    if path.is_file():
-        saved = torch.load(path, weights_only=False)
-        tuner.head.load_state_dict(saved["head"])
-        return dict(saved["entry"])
-    tuner.eval()
-    bar = "stage 0 epoch 0: frozen features of the {} pairs" if progress else None
-    val_diffs = pair_diffs(tuner.top, tuner.pooling, caches, refs[1], ds, bar and bar.format("validation"))
-    train_diffs = pair_diffs(tuner.top, tuner.pooling, caches, refs[0], ds, bar and bar.format("training"))
-    warm_loss, l2 = _warm_head(tuner, train_diffs, val_diffs, cfg)
-    entry = {"epoch": 0, "train_loss": warm_loss, "l2": l2, "val": _validate(tuner, *val_diffs, ds)}
-    _save_checkpoint(path, {"head": tuner.head.state_dict(), "entry": entry})
-    return entry
-
-
 def _fingerprint(cfg: TrainConfig, ds: Dataset, start: int) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: the stage-0 settings (but not the epoch count, so a finished
     run can be continued), the cache's layer and the data."""
-    s0 = {k: v for k, v in asdict(cfg.stage0).items() if k not in {"epochs", "out_dir", "delta"}}
+    s0 = {
+        k: v
+        for k, v in asdict(cfg.stage0).items()
+        if k not in {"epochs", "out_dir", "delta", "store_cache", "checkpoint_minutes"}  # change no result
+    }
     return {
+        **({"dtype": cfg.dtype} if cfg.dtype != "float32" else {}),  # fp32 checkpoints from before stay resumable
         "stage0": s0,
         "units": "pairs across parts",  # checkpoints from before two-pass units trained on fewer pairs
         "start": start,
@@ -186,10 +155,6 @@ def _fingerprint(cfg: TrainConfig, ds: Dataset, start: int) -> dict[str, Any]:
         "split_by": cfg.data.split_by,
         "max_length": cfg.extract.max_length,
     }
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic.write_file(path, lambda tmp: torch.save(state, tmp))
 
 
 def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: int | None = None) -> Stage0Result:
@@ -224,7 +189,7 @@ def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: 
     }
 
     torch.manual_seed(s0.seed)
-    tuner = RewardTuner(backbone, caches[0].start, s0, cfg.pooling)
+    tuner = RewardTuner(backbone, caches[0].start, s0, cfg.pooling, cfg.dtype)
     optimizer = torch.optim.AdamW(tuner.trainable(), lr=s0.lr, weight_decay=s0.weight_decay)
     steps_per_epoch = math.ceil(len(train) / s0.pairs_per_step)
     total = steps_per_epoch * s0.epochs
@@ -242,10 +207,12 @@ def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: 
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["state"]
+        if "rng" in saved:
+            torch.set_rng_state(saved["rng"])
         log.info("stage 0: resuming %s at epoch %d, pass %d", run_name, state["epoch"], state["position"])
 
     def checkpoint() -> None:
-        _save_checkpoint(
+        save_checkpoint(
             ckpt_path,
             {
                 "fingerprint": fingerprint,
@@ -253,12 +220,13 @@ def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: 
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "state": state,
+                "rng": torch.get_rng_state(),
             },
         )
 
     if s0.head_warmup and not state["history"]:  # epoch 0: the frozen backbone's BT model, the start to beat
         t_warm = time.perf_counter()
-        entry = _epoch_zero(tuner, caches, (train_refs, val_refs), ds, cfg, fingerprint, progress)
+        entry = epoch_zero(tuner, caches, (train_refs, val_refs), ds, cfg, fingerprint, progress)
         state["seconds"] += time.perf_counter() - t_warm
         state["history"].append({**entry, "seconds": round(state["seconds"], 1)})
         state["best"] = state["history"][-1]
@@ -279,11 +247,14 @@ def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: 
         )
         tuner.train()
         t_epoch, seen, loss_sum, tokens = time.perf_counter(), 0, 0.0, 0
+        last_checkpoint = t_epoch
         epoch_loss, epoch_pairs = state.get("epoch_loss", 0.0), state.get("epoch_pairs", 0)
         optimizer.zero_grad()
         for position in range(state["position"], len(order)):
             if max_passes is not None and done_passes >= max_passes:
                 state["seconds"] += time.perf_counter() - t_epoch
+                state["epoch_seconds"] = state.get("epoch_seconds", 0.0) + time.perf_counter() - t_epoch
+                state["epoch_tokens"] = state.get("epoch_tokens", 0) + tokens
                 checkpoint()
                 bar.close()
                 raise RuntimeError(f"stage 0 stopped after {done_passes} pass(es) (max_passes)")
@@ -310,25 +281,37 @@ def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: 
                 seen, loss_sum = 0, 0.0
                 state["position"] = position + 1
                 state["epoch_loss"], state["epoch_pairs"] = epoch_loss, epoch_pairs
-                if state["position"] % 100 < 4:
+                if time.perf_counter() - last_checkpoint >= 60 * s0.checkpoint_minutes:
                     state["seconds"] += time.perf_counter() - t_epoch
-                    t_epoch = time.perf_counter()
+                    state["epoch_seconds"] = state.get("epoch_seconds", 0.0) + time.perf_counter() - t_epoch
+                    state["epoch_tokens"] = state.get("epoch_tokens", 0) + tokens
+                    t_epoch = last_checkpoint = time.perf_counter()
+                    tokens = 0
                     checkpoint()
             done_passes += 1
             bar.update(1)
         bar.close()
         tuner.eval()
-        val = _validate(tuner, *pair_diffs(tuner.top, tuner.pooling, caches, val_refs, ds), ds)
+        train_seconds = state.get("epoch_seconds", 0.0) + time.perf_counter() - t_epoch
+        train_tokens = state.get("epoch_tokens", 0) + tokens
+        val = validate(tuner, *tuner.diffs(caches, val_refs, ds), ds)
         state["seconds"] += time.perf_counter() - t_epoch
         train_loss = epoch_loss / max(epoch_pairs, 1)  # mean BT loss over the epoch's pairs, as they were trained
         state["history"].append(
-            {"epoch": epoch + 1, "train_loss": train_loss, "val": val, "seconds": round(state["seconds"], 1)}
+            {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "val": val,
+                "seconds": round(state["seconds"], 1),  # cumulative, validation included
+                "train_seconds": round(train_seconds, 1),  # this epoch's training passes alone
+                "train_tokens_per_s": round(train_tokens / max(train_seconds, 1e-9)),
+            }
         )
         log.info("stage 0 epoch %d: validation balanced %.3f ± %.3f", epoch + 1, val["balanced"], val["balanced_se"])
         if state["best"] is None or val["balanced"] > state["best"]["val"]["balanced"]:
             state["best"] = state["history"][-1]
             _export(tuner, out, backbone)
-        state.update(epoch=epoch + 1, position=0, epoch_loss=0.0, epoch_pairs=0)
+        state.update(epoch=epoch + 1, position=0, epoch_loss=0.0, epoch_pairs=0, epoch_seconds=0.0, epoch_tokens=0)
         checkpoint()
 
     report = {
@@ -346,6 +329,7 @@ def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: 
             "total": round(time.perf_counter() - started, 1),
         },
         "threads": torch.get_num_threads(),
+        "dtype": cfg.dtype,
     }
     (out / "stage0.json").write_text(json.dumps(report, indent=2))
     return Stage0Result(out, out / DELTA_FILE, report)

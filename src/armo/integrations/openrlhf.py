@@ -17,17 +17,29 @@ from typing import Any
 from armo.integrations.common import client, failed_reward
 
 
-def reward_func(queries: Sequence[str], prompts: Sequence[str], labels: Sequence[Any], **_: Any) -> dict[str, Any]:
-    import torch  # OpenRLHF runs on torch; importing it here keeps this module importable without it
-
+def rewards(
+    queries: Sequence[str], prompts: Sequence[str], labels: Sequence[Any]
+) -> tuple[list[float], dict[str, list[float]]]:
+    """What `reward_func` returns, as plain lists: one reward per query and each logged value per query. Needs no
+    torch, so it runs (and is checked) in a client-only install."""
     result = client().get_reward(list(queries), list(prompts) if prompts else None, list(labels) if labels else None)
     fallback = failed_reward()
-    rewards = []
+    out: list[float] = []
     for i, r in enumerate(result.rewards):
-        if r is None and fallback is None:
+        value = fallback if r is None else r
+        if value is None:
             error = result.errors[i] if result.errors else None
             raise ValueError(f"armo could not score query {i}: {error.message if error else 'unknown'}")
-        rewards.append(fallback if r is None else r)
-    tensor = torch.tensor(rewards, dtype=torch.float32)
-    extra = {k: torch.tensor([0.0 if v is None else v for v in vs]) for k, vs in result.extra_logs.items()}
+        out.append(value)
+    logs = {k: [0.0 if v is None else v for v in vs] for k, vs in result.extra_logs.items()}
+    return out, logs
+
+
+def reward_func(queries: Sequence[str], prompts: Sequence[str], labels: Sequence[Any], **_: Any) -> dict[str, Any]:
+    """OpenRLHF's entry point: `rewards` as tensors, the form OpenRLHF consumes."""
+    import torch  # OpenRLHF runs on torch; importing it here keeps this module importable without it
+
+    values, logs = rewards(queries, prompts, labels)
+    tensor = torch.tensor(values, dtype=torch.float32)
+    extra = {k: torch.tensor(vs) for k, vs in logs.items()}
     return {"rewards": tensor, "scores": tensor, "extra_logs": extra}

@@ -4,6 +4,7 @@ the scores equal what the service answers for the same rows."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,30 @@ async def test_a_killed_run_resumes_to_the_same_output(api: tuple[FastAPI, Async
     a, b = files.read_rows(tmp_path / "out.jsonl"), files.read_rows(tmp_path / "whole.jsonl")
     assert [r["id"] for r in a] == list(range(1, 12))
     assert [r["score"] for r in a] == pytest.approx([r["score"] for r in b], abs=1e-5)
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "batch" / "pairs.jsonl"
+
+
+def test_the_example_file_scores_with_the_default_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The documented first run: `armo batch score examples/batch/pairs.jsonl scored.jsonl`, on the embedded default
+    model, every row scored with its input columns kept."""
+    for name in ("ARMO_STORE_ROOT", "ARMO_MODEL", "ARMO_ALIAS", "ARMO_BACKBONE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(EXAMPLE.parents[2])  # the command as the docs give it, from the repository root
+    rows = files.read_rows(EXAMPLE)
+    dst = tmp_path / "scored.jsonl"
+    result = CliRunner().invoke(app, ["batch", "score", "examples/batch/pairs.jsonl", str(dst)])
+    assert result.exit_code == 0, result.output
+    assert f"{len(rows)} rows scored" in result.output and "(0 with an error)" in result.output
+    out = files.read_rows(dst)
+    assert len(rows) >= 3 and [r["id"] for r in out] == [r["id"] for r in rows]
+    for want, got in zip(rows, out, strict=True):
+        assert {k: got[k] for k in want} == want and got["error"] is None  # input columns kept
+        for key in ("score_chosen", "score_rejected", "margin", "p_chosen"):
+            assert isinstance(got[key], float) and math.isfinite(got[key]), (key, got)
+        assert got["margin"] == pytest.approx(got["score_chosen"] - got["score_rejected"], abs=1e-9)
+        assert 0 < got["p_chosen"] < 1
 
 
 def test_the_command_with_limit_and_shard(tiny_store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

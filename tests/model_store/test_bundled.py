@@ -48,3 +48,16 @@ def test_bundled_artifacts_load_and_score_as_before(embedded_backbone: Backbone,
                 )
     scores = torch.tensor([r.score for r in rm.score(ITEMS)])
     torch.testing.assert_close(scores, torch.tensor(BEFORE[version]), atol=1e-4, rtol=0)
+
+
+def test_bundled_manifests_hold_no_path_of_the_training_machine() -> None:
+    """The data roots are recorded as the variable that sets them; every data file is named relative to it."""
+    from armo.training.artifact import DATA_ROOT
+
+    store = ModelStore(BUNDLED_ROOT)
+    for version in store.versions(DEFAULT_MODEL):
+        manifest = store.read_manifest(DEFAULT_MODEL, version)
+        text = manifest.to_json()
+        assert '"/' not in text and "/work" not in text, version
+        assert manifest.training["data"]["root"] == manifest.training["eval"]["root"] == DATA_ROOT
+        assert all(not name.startswith("/") for name in manifest.training_data)

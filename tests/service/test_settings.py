@@ -133,12 +133,13 @@ def test_armo_serve_model_names_an_artifact_a_model_folder_or_a_model(tmp_path: 
     assert model_settings(f"{root / 'tiny'}@v1") == {"store_root": root, "model": "tiny", "alias": "v1"}
     assert model_settings(str(root / "tiny")) == {"store_root": root, "model": "tiny"}
     assert model_settings("armo-smollm2@v0.3.0") == {"model": "armo-smollm2", "alias": "v0.3.0"}
-    with pytest.raises(typer.BadParameter, match="no artifact or model folder"):
+    with pytest.raises(typer.BadParameter, match="no artifact, model folder or checkpoint there"):
         model_settings(str(tmp_path / "nowhere" / "tiny"))
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "config.json").write_text("{}")
-    with pytest.raises(typer.BadParameter, match="import it first"):
-        model_settings(str(tmp_path / "ckpt"))
+    # a checkpoint directory is imported (tests/service/test_serve_model.py); one that is not ArmoRM's is refused
+    with pytest.raises(typer.BadParameter, match=r"ckpt.*not an ArmoRM config, missing num_objectives"):
+        model_settings(str(tmp_path / "ckpt"), tmp_path / "cache")
 
 
 def test_armo_serve_takes_the_model_and_the_precision_on_the_command_line(
@@ -148,7 +149,11 @@ def test_armo_serve_takes_the_model_and_the_precision_on_the_command_line(
     (and over the alias, which points at v2)."""
     tiny_store.publish(*make_artifact(tiny_backbone, version="v2", seed=1))
     args = (f"{tiny_store.root}/tiny@v1", "--dtype", "float32", "--device", "cpu")
+    auth = {"Authorization": f"Bearer {API_KEY}"}
     with armo_server(tiny_store, tmp_path, args=args, ARMO_MODEL="elsewhere", ARMO_DTYPE="bogus") as server:
-        info = httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}).json()
+        info = httpx.get(f"{server.url}/v1/models", headers=auth).json()
+        item = {"messages": [{"role": "user", "content": "Hi"}], "response": "Hello."}
+        scored = httpx.post(f"{server.url}/v1/score", json={"items": [item]}, headers=auth).json()
     assert (info["loaded"]["model"], info["loaded"]["version"]) == ("tiny", "v1")
+    assert scored["version"] == "v1" and isinstance(scored["results"][0]["score"], float)
     assert info["loaded"]["backbone"]["precision"] == "float32"

@@ -117,3 +117,67 @@ def test_extension_reuses_the_base_sample(synthetic_data: Path) -> None:
     first = build_training_set(DataConfig(**{**vars(ext_cfg), "extensions": ext_cfg.extensions[:1]}))
     assert ext.items[: len(first.items)] == first.items  # a later extension leaves earlier jobs' items unchanged
     assert ext.parts[:4] == first.parts
+
+
+def test_a_sample_group_with_no_data_is_an_error_naming_it(tmp_path: Path) -> None:
+    """A misspelt or missing group in data.pair_sample / data.rating_sample would get 0 rows in silence."""
+    msgs = [{"role": "user", "content": "Name a colour."}]
+    pairs = [
+        {
+            "id": f"p{i}",
+            "source": "mine",
+            "objective": "helpfulness",
+            "messages": msgs,
+            "chosen": "Blue.",
+            "rejected": "No.",
+        }
+        for i in range(4)
+    ]
+    ratings = [
+        {"id": f"r{i}", "source": "mine", "messages": msgs, "response": "Red.", "ratings": {"clarity": i}}
+        for i in range(4)
+    ]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    (tmp_path / "ratings.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ratings))
+
+    def build(pair_sample: dict[str, int], rating_sample: dict[str, int]) -> int:
+        cfg = DataConfig(
+            root=str(tmp_path),
+            pairwise=["pairs.jsonl"],
+            ratings=["ratings.jsonl"],
+            pair_sample=pair_sample,
+            rating_sample=rating_sample,
+        )
+        ds = build_training_set(cfg)
+        return len(ds.pairs) + len(ds.ratings)
+
+    # a group asked for no rows may be absent (a default switched off for one's own data)
+    assert build({"mine/helpfulness": 3, "hh-rlhf/helpfulness": 0}, {"mine/clarity": 2}) == 5
+    with pytest.raises(
+        ValueError, match=r"data\.pair_sample: no data in group\(s\) mine/helpfulnes .*has mine/helpfulness"
+    ):
+        build({"mine/helpfulness": 3, "mine/helpfulnes": 2}, {})
+    with pytest.raises(ValueError, match=r"data\.rating_sample: no data in group\(s\) mine/safety .*has mine/clarity"):
+        build({"mine/helpfulness": 3}, {"mine/safety": 2})
+    ext = DataConfig(
+        root=str(tmp_path),
+        pairwise=["pairs.jsonl"],
+        ratings=[],
+        pair_sample={"mine/helpfulness": 1},
+        rating_sample={},
+        extensions=[SampleExtension(pair_sample={"other/helpfulness": 2})],
+    )
+    with pytest.raises(ValueError, match="other/helpfulness"):  # an extension's groups are checked too
+        build_training_set(ext)
+
+
+def test_the_manifest_records_the_data_root_by_its_variable(tmp_path: Path) -> None:
+    """Not the training machine's path: the files are named relative to the root and pinned by sha256."""
+    from armo.training.artifact import DATA_ROOT, recorded_config
+    from armo.training.config import load_config
+
+    cfg = load_config(None, {"data.root": str(tmp_path / "mine"), "eval.root": str(tmp_path / "eval")})
+    recorded = recorded_config(cfg)
+    assert recorded["data"]["root"] == recorded["eval"]["root"] == DATA_ROOT == "$ARMO_DATA_DIR"
+    assert str(tmp_path) not in json.dumps(recorded)
+    assert recorded["data"]["pairwise"] == cfg.data.pairwise and cfg.data.root == str(tmp_path / "mine")

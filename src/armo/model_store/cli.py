@@ -92,11 +92,13 @@ def import_armorm_command(
     alias: str = DEFAULT_ALIAS,
     root: Path = RootOption,
 ) -> None:
-    """Turn a local RLHFlow/ArmoRM-Llama3-8B-v0.1 checkpoint into an artifact (backbone stays in DIRECTORY)."""
+    """Turn a local RLHFlow/ArmoRM-Llama3-8B-v0.1 checkpoint into an artifact (the backbone stays in DIRECTORY and is
+    named relative to the store root: move both together, or name DIRECTORY where it is mounted with ARMO_BACKBONE).
+    To serve a checkpoint without a store of your own: armo serve DIRECTORY."""
     from armo.model_store.armorm_import import import_armorm
 
     try:
-        manifest, head = import_armorm(directory, model=model, version=version)
+        manifest, head = import_armorm(directory, store_root=root, model=model, version=version)
         path = ModelStore(root).publish(manifest, head, alias=alias)
     except ArmoError as e:
         raise _fail(e) from e

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
@@ -38,3 +39,21 @@ def local_revision(directory: Path) -> str:
         if f.suffix in {".safetensors", ".bin", ".gguf"}:
             h.update(f"{f.name}:{f.stat().st_size}".encode())
     return h.hexdigest()
+
+
+def store_relative_id(directory: Path, store_root: Path) -> str:
+    """How a manifest names a local backbone: its path relative to the root of the store the manifest is published
+    in, always starting with `./` or `../` (a hub id such as `org/name` never does), never an absolute path.
+
+    An absolute path pins the checkpoint to one machine's layout (a pod would have to mount it at the importer's
+    path); a store-relative one still holds when the store and the checkpoint move together (one volume mounted
+    anywhere). A checkpoint mounted elsewhere is named at start instead (`armo serve CHECKPOINT_DIR`, or
+    ARMO_BACKBONE): the manifest's revision identifies it either way (armo.model_store.loader.backbone_spec).
+    """
+    rel = Path(os.path.relpath(directory.resolve(), store_root.resolve())).as_posix()
+    return rel if rel == ".." or rel.startswith("../") else f"./{rel}"
+
+
+def is_store_relative(backbone_id: str) -> bool:
+    """Whether a manifest's backbone id is a path relative to its store's root (see store_relative_id)."""
+    return backbone_id.startswith(("./", "../")) or backbone_id == ".."

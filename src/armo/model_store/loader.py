@@ -18,6 +18,7 @@ from armo.model_store.backbone import Backbone, Quantize, load_backbone
 from armo.model_store.delta import read_delta
 from armo.model_store.devices import cpu_bf16_units
 from armo.model_store.errors import ArtifactError
+from armo.model_store.identity import is_store_relative
 from armo.model_store.manifest import Manifest
 from armo.model_store.reward_model import RewardModel, ScoringConfig
 from armo.model_store.store import ModelStore
@@ -97,11 +98,41 @@ def served_dtype(options: BackboneOptions, manifest: Manifest) -> tuple[str, str
     return "bfloat16", "auto: bf16 units and the artifact's stated agreement"
 
 
-def reusable(backbone: Backbone, manifest: Manifest, options: BackboneOptions) -> bool:
+def backbone_spec(manifest: Manifest, store_root: Path) -> str:
+    """What `load_backbone` loads for the backbone an artifact's manifest names (no override given).
+
+    A local backbone is named by a path relative to the store root, `./…` or `../…` (identity.store_relative_id;
+    what `armo store import-armorm` and `armo serve CHECKPOINT_DIR` write): resolved here against the root, so the
+    store and the checkpoint may move together. A checkpoint mounted elsewhere is named at start instead (`armo
+    serve CHECKPOINT_DIR` or ARMO_BACKBONE, the override). Manifests written before hold an absolute path, still read
+    as it is. Any other id is the embedded backbone or a hub id. A local backbone that is not there is refused here,
+    naming the manifest's id and the way to name it, not handed to the hub client as a repository name.
+    """
+    ref = manifest.backbone
+    relative = is_store_relative(ref.id)
+    if not relative and not Path(ref.id).is_absolute():
+        return ref.id
+    path = store_root / ref.id if relative else Path(ref.id)
+    if not path.is_dir():
+        where = " (relative to the store root)" if relative else ""
+        raise ArtifactError(
+            f"artifact {manifest.model}/{manifest.version}: its backbone {ref.id}{where} is not a directory here; "
+            "name the checkpoint where it is mounted: armo serve CHECKPOINT_DIR, or ARMO_BACKBONE=DIR",
+            field="backbone.id",
+        )
+    return str(path.resolve())
+
+
+def reusable(backbone: Backbone, manifest: Manifest, options: BackboneOptions, store_root: Path) -> bool:
     """Whether `backbone` (already loaded) is the one this artifact scores with under these options."""
     ref = manifest.backbone
-    if options.override is None and (backbone.id, backbone.revision) != (ref.id, ref.revision):
-        return False
+    if options.override is None:
+        try:
+            spec = backbone_spec(manifest, store_root)
+        except ArtifactError:  # not there: loading it says so
+            return False
+        if (backbone.id, backbone.revision) != (spec, ref.revision):
+            return False
     if backbone.precision != served_dtype(options, manifest)[0]:
         return False
     want = manifest.backbone_delta.sha256 if manifest.backbone_delta else None
@@ -120,7 +151,7 @@ def artifact_backbone(
     delta = read_delta(store.version_dir(manifest.model, manifest.version), manifest.backbone_delta)
     if delta is not None:  # only then: a loader that predates deltas still loads every other artifact
         kwargs["delta"] = delta
-    backbone = loader(options.override or ref.id, **kwargs)
+    backbone = loader(options.override or backbone_spec(manifest, store.root), **kwargs)
     log.info("artifact %s/%s runs in %s (%s)", manifest.model, manifest.version, *served_dtype(options, manifest))
     if options.override is None and backbone.revision != ref.revision:
         raise ArtifactError(
@@ -144,6 +175,6 @@ def load_reward_model(
     """`model` at `ref` (a version or an alias) from `store`, every file's checksum verified, on `reuse` when that
     backbone fits the artifact, else on a freshly loaded one (`RewardModel.backbone is reuse` tells which)."""
     manifest, head = store.load(model, ref)
-    fits = reuse is not None and reusable(reuse, manifest, options)
+    fits = reuse is not None and reusable(reuse, manifest, options, store.root)
     backbone = reuse if reuse is not None and fits else artifact_backbone(store, manifest, options, loader)
     return RewardModel(backbone, head, manifest, scoring(manifest.backbone.max_length))  # checks compatibility

@@ -10,9 +10,11 @@ import typer
 from pydantic import ValidationError
 
 
-def model_settings(spec: str | None) -> dict[str, Any]:
+def model_settings(spec: str | None, cache_dir: Path | None = None) -> dict[str, Any]:
     """The settings `armo serve MODEL` stands for. MODEL is an artifact's version folder (`STORE/MODEL/VERSION`), a
-    model folder of a store with an optional version or alias (`STORE/MODEL[@VERSION]`), or a model name of the
+    model folder of a store with an optional version or alias (`STORE/MODEL[@VERSION]`), an ArmoRM-style checkpoint
+    directory (a `config.json` and safetensors: imported on first use into the cache store under `cache_dir`,
+    default ARMO_CACHE_DIR or ~/.cache/armo, and served with the directory as its backbone), or a model name of the
     configured store (`MODEL[@VERSION]`, ARMO_STORE_ROOT); nothing: the settings as they are (the embedded default)."""
     from armo.model_store.manifest import MANIFEST_FILE
 
@@ -26,25 +28,56 @@ def model_settings(spec: str | None) -> dict[str, Any]:
     if (path / MANIFEST_FILE).is_file():
         if version:
             raise typer.BadParameter(f"{base} is one version already; drop @{version}", param_hint="MODEL")
-        return {"store_root": path.resolve().parent.parent, "model": path.resolve().parent.name, "alias": path.name}
+        return _artifact(path)
     if (path / "config.json").is_file():
-        raise typer.BadParameter(
-            f"{base} is a model checkpoint, not an artifact: import it first (armo store import-armorm {base} --root "
-            "STORE), then serve STORE/MODEL",
-            param_hint="MODEL",
-        )
+        if version:
+            raise typer.BadParameter(f"{base} is a checkpoint, one version; drop @{version}", param_hint="MODEL")
+        return _checkpoint(path, cache_dir)
     if path.is_dir():
         return {"store_root": path.resolve().parent, "model": path.name, **pinned}
     if "/" in base or path.exists():
-        raise typer.BadParameter(f"{base}: no artifact or model folder there", param_hint="MODEL")
+        raise typer.BadParameter(
+            f"{base}: no artifact, model folder or checkpoint there (an artifact folder holds {MANIFEST_FILE}, a "
+            "checkpoint config.json)",
+            param_hint="MODEL",
+        )
     return {"model": base, **pinned}
+
+
+def _artifact(version_dir: Path) -> dict[str, Any]:
+    """An artifact's version folder STORE/MODEL/VERSION, pinned."""
+    return {
+        "store_root": version_dir.resolve().parent.parent,
+        "model": version_dir.resolve().parent.name,
+        "alias": version_dir.name,
+    }
+
+
+def _checkpoint(directory: Path, cache_dir: Path | None) -> dict[str, Any]:
+    """A checkpoint directory: its cached import, pinned, with the directory named as the backbone (ARMO_BACKBONE),
+    so the import made where it was mounted before still serves it here."""
+    from armo.model_store.armorm_import import import_cached
+    from armo.model_store.backbone import default_cache_dir
+    from armo.model_store.errors import ArmoError
+
+    try:
+        version_dir = import_cached(directory, cache_dir or default_cache_dir())
+    except ArmoError as e:
+        raise typer.BadParameter(
+            f"{directory}: cannot import it as an ArmoRM-style checkpoint: {e.message}", param_hint="MODEL"
+        ) from None
+    typer.echo(
+        f"serving checkpoint {directory} as {version_dir.parent.name}/{version_dir.name} ({version_dir})", err=True
+    )
+    return {**_artifact(version_dir), "backbone": str(directory.resolve())}
 
 
 def serve(
     model: str | None = typer.Argument(
         None,
-        help="An artifact folder (STORE/MODEL/VERSION), a model folder STORE/MODEL or a model name of "
-        "ARMO_STORE_ROOT, either optionally @VERSION (or @ALIAS); default: ARMO_MODEL (the embedded default).",
+        help="An artifact folder (STORE/MODEL/VERSION); a model folder STORE/MODEL or a model name of "
+        "ARMO_STORE_ROOT, either optionally @VERSION (or @ALIAS); or an ArmoRM-style checkpoint directory (imported "
+        "once into ARMO_CACHE_DIR, default ~/.cache/armo). Default: ARMO_MODEL (the embedded default).",
         show_default=False,
     ),
     host: str | None = typer.Option(None, help="Interface to bind (default: ARMO_HOST, else 127.0.0.1)."),
@@ -61,10 +94,12 @@ def serve(
     from armo.service.logs import configure
     from armo.settings import Settings
 
-    flags = {"backend": backend, "device": device, "dtype": dtype}
-    overrides = {k: v for k, v in flags.items() if v is not None} | model_settings(model)
+    options = {"backend": backend, "device": device, "dtype": dtype}
+    flags: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
     try:
-        settings = Settings(**overrides)
+        settings = Settings(**flags)
+        if model is not None:  # the settings first: a checkpoint is imported under their cache_dir
+            settings = Settings(**flags, **model_settings(model, settings.cache_dir))
     except ValidationError as e:
         # A clear list of bad variables, not a stack trace.
         lines = [

@@ -34,6 +34,18 @@ from armo.training.objective_set import Objectives, RuleObjective, as_float64, i
 # max_length, so this, not cfg.extract.max_length, is what serving uses. Training features are read at the shorter
 # cfg.extract.max_length only to bound extraction time; the heads read one hidden state per sequence at any length.
 SERVE_MAX_LENGTH = 2048
+# How a manifest records the data roots (data.root, eval.root): a path of the training machine means nothing where
+# the artifact is served or retrained, so the root is named by the variable that sets it; the files are named
+# relative to it and pinned by sha256 (training_data).
+DATA_ROOT = "$ARMO_DATA_DIR"
+
+
+def recorded_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The run's config as the manifest records it: every setting, the data roots as DATA_ROOT."""
+    config = cfg.to_dict()
+    for section in ("data", "eval"):
+        config[section] = {**config[section], "root": DATA_ROOT}
+    return config
 
 
 @dataclass
@@ -105,7 +117,7 @@ def assemble(cfg: TrainConfig, f: TrainingFeatures, objs: Objectives, backbone: 
             {n: float(deb.debias.lambdas[i]) for i, n in enumerate(objs.names)} if cfg.objectives.debias else {}
         ),
         debias_threshold=cfg.debias.threshold if cfg.objectives.debias else None,
-        training=cfg.to_dict(),
+        training=recorded_config(cfg),
         training_data=f.train.data_hashes,
     )
     return RunResult(manifest, head, None, report)

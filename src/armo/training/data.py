@@ -16,7 +16,7 @@ import hashlib
 import json
 import random
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -131,6 +131,21 @@ def stratified_sample(
         n = max(min_per_group, round(len(items) * per_group)) if isinstance(per_group, float) else per_group.get(g, 0)
         out.extend(items[: max(0, min(n, len(items)))])
     return out
+
+
+def check_groups(sample: Mapping[str, int], found: Iterable[str], field: str) -> None:
+    """Refuse a sample that asks for rows of a group no row belongs to, naming it and the groups the data has.
+
+    stratified_sample gives such a group 0 rows, which a misspelt or missing group would otherwise mean in silence:
+    a model trained on less data than its config says. A group asked for 0 rows may be absent.
+    """
+    have = set(found)
+    missing = sorted(g for g, n in sample.items() if n > 0 and g not in have)
+    if missing:
+        raise ValueError(
+            f"{field}: no data in group(s) {', '.join(missing)} (groups are '<source>/<objective>'); the data has "
+            f"{', '.join(sorted(have)) or 'no rows'}"
+        )
 
 
 def file_sha256(path: str | Path) -> str:

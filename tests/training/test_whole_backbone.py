@@ -63,6 +63,17 @@ def test_a_whole_backbone_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_
     assert resumed.report["history"][-1]["train_loss"] == uninterrupted.report["history"][-1]["train_loss"]
 
 
+@needs_bf16
+def test_the_warm_start_fits_on_a_sample_of_the_training_pairs(tiny_config: TrainConfig) -> None:
+    full = tune(whole_config(tiny_config, head_warmup=True, epochs=0), "warm-all", progress=False).report
+    sampled = tune(
+        whole_config(tiny_config, head_warmup=True, epochs=0, warmup_pairs=6), "warm-6", progress=False
+    ).report
+    assert full["history"][0]["fit_pairs"] == full["train_pairs"] > 6
+    assert sampled["history"][0]["fit_pairs"] == 6
+    assert sampled["history"][0]["val"]["pairs"] == full["history"][0]["val"]["pairs"]  # validated on every pair
+
+
 def test_an_unstored_cache_hands_the_tuner_the_inputs_a_stored_one_holds(
     tiny_config: TrainConfig, tiny_backbone_dir: Path
 ) -> None:

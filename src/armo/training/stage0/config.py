@@ -69,6 +69,13 @@ class BackboneTuneConfig:
             "whose epochs do not beat it exports a zero delta. Off: a random head, trained with the layers."
         },
     )
+    warmup_pairs: int = field(
+        default=0,
+        metadata={
+            "help": "head_warmup fits the start on at most this many training pairs (a seeded sample; 0: all): a "
+            "linear model of d weights is fixed by a few thousand pairs, and each costs a forward pass."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the adapters' initialisation and of the pair order."})
     checkpoint_minutes: float = field(
         default=5.0,

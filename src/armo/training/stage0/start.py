@@ -66,7 +66,11 @@ def epoch_zero(
     s0 = cfg.stage0
     key = {
         **fingerprint,
-        "stage0": {k: fingerprint["stage0"][k] for k in ("layers", "cache_layers", "max_pairs", "seed")},
+        "stage0": {
+            k: fingerprint["stage0"][k]
+            for k in ("layers", "cache_layers", "max_pairs", "seed", "warmup_pairs")
+            if k in fingerprint["stage0"]
+        },
         "l2": cfg.probes.weight_decays,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -80,6 +84,12 @@ def epoch_zero(
     val_diffs = tuner.diffs(caches, refs[1], ds, bar and bar.format("validation"))
     train_diffs = tuner.diffs(caches, refs[0], ds, bar and bar.format("training"))
     warm_loss, l2 = _warm_head(tuner, train_diffs, val_diffs, cfg)
-    entry = {"epoch": 0, "train_loss": warm_loss, "l2": l2, "val": validate(tuner, *val_diffs, ds)}
+    entry = {
+        "epoch": 0,
+        "train_loss": warm_loss,  # over the pairs the head was fit on
+        "fit_pairs": len(train_diffs[0]),
+        "l2": l2,
+        "val": validate(tuner, *val_diffs, ds),
+    }
     save_checkpoint(path, {"head": tuner.head.state_dict(), "entry": entry})
     return entry

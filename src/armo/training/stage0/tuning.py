@@ -143,6 +143,7 @@ def _fingerprint(cfg: TrainConfig, ds: Dataset, start: int) -> dict[str, Any]:
         k: v
         for k, v in asdict(cfg.stage0).items()
         if k not in {"epochs", "out_dir", "delta", "store_cache", "checkpoint_minutes"}  # change no result
+        and not (k == "warmup_pairs" and v == 0)  # checkpoints from before the option stay resumable
     }
     return {
         **({"dtype": cfg.dtype} if cfg.dtype != "float32" else {}),  # fp32 checkpoints from before stay resumable
@@ -226,7 +227,10 @@ def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: 
 
     if s0.head_warmup and not state["history"]:  # epoch 0: the frozen backbone's BT model, the start to beat
         t_warm = time.perf_counter()
-        entry = epoch_zero(tuner, caches, (train_refs, val_refs), ds, cfg, fingerprint, progress)
+        warm_refs = train_refs
+        if s0.warmup_pairs and len(train) > s0.warmup_pairs:
+            warm_refs = pass_index(caches, ds, set(random.Random(s0.seed + 1).sample(train, s0.warmup_pairs)))
+        entry = epoch_zero(tuner, caches, (warm_refs, val_refs), ds, cfg, fingerprint, progress)
         state["seconds"] += time.perf_counter() - t_warm
         state["history"].append({**entry, "seconds": round(state["seconds"], 1)})
         state["best"] = state["history"][-1]

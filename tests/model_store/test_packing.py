@@ -32,6 +32,41 @@ def test_plan_lays_out_positions_and_tree_masks_by_hand() -> None:
     assert first.last() == [4, 5] and second.last() == [7]
 
 
+def _dense_mask(placed: list[packing.Placed], n: int) -> torch.Tensor:
+    """[n, n] boolean: which key each query of the packed row may see, written out from the tree's rule."""
+    seen = torch.zeros(n, n, dtype=torch.bool)
+    for u in placed:
+        root = range(u.start, u.start + u.root)
+        for i in root:
+            seen[i, u.start : i + 1] = True
+        for c in u.children:
+            for i in range(c.start, c.start + c.length):
+                seen[i, root.start : root.stop] = True
+                seen[i, c.start : i + 1] = True
+    return seen
+
+
+def test_a_training_pass_attends_and_differentiates_as_the_dense_tree_mask() -> None:
+    units = [packing.Unit([1] * 5, [[2] * 3, [3] * 2]), packing.Unit([4] * 2, [[5] * 4]), packing.Unit([6] * 3)]
+    ids, _, placed = packing.plan(units)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, len(ids), 8, dtype=torch.float64) for _ in range(3))
+    frozen, _ = packing.segment_attention(torch.nn.Identity(), q, k, v, None, **{packing.PLAN_KWARG: placed})
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    trained, _ = packing.segment_attention(torch.nn.Identity(), *leaves, None, **{packing.PLAN_KWARG: placed})
+    torch.testing.assert_close(trained, frozen)  # the training loop computes what the inference loop does
+    dense_leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    mask = _dense_mask(placed, len(ids))
+    dense = torch.nn.functional.scaled_dot_product_attention(*dense_leaves, attn_mask=mask).transpose(1, 2)
+    torch.testing.assert_close(trained, dense)
+    weights = torch.randn_like(dense)
+    (trained * weights).sum().backward()
+    (dense * weights).sum().backward()
+    for got, want in zip(leaves, dense_leaves, strict=True):
+        assert got.grad is not None and want.grad is not None
+        torch.testing.assert_close(got.grad, want.grad)
+
+
 def test_passes_respect_budget_and_rows_but_never_split_a_unit() -> None:
     units = [packing.Unit([0] * 10, [[0] * 5] * 2), packing.Unit([0] * 30), packing.Unit([0] * 50, [[0] * 40] * 4)]
     assert [u.tokens for u in units] == [20, 30, 210]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from armo.training.config import TrainConfig, load_config
 from armo.training.prepare import build_training_set
 from armo.training.stage0 import has_layer_cache
 from armo.training.stage0.layer_cache import layer_caches
-from armo.training.stage0.tuning import tune
+from armo.training.stage0.tuning import RewardTuner, tune
 from tests.training.test_stage0 import stage0_config
 
 needs_bf16 = pytest.mark.skipif(not cpu_bf16_units(), reason="this CPU has no bf16 units (AMX / AVX512-BF16)")
@@ -72,6 +73,30 @@ def test_the_warm_start_fits_on_a_sample_of_the_training_pairs(tiny_config: Trai
     assert full["history"][0]["fit_pairs"] == full["train_pairs"] > 6
     assert sampled["history"][0]["fit_pairs"] == 6
     assert sampled["history"][0]["val"]["pairs"] == full["history"][0]["val"]["pairs"]  # validated on every pair
+
+
+@needs_bf16
+def test_a_killed_warm_start_resumes_after_the_split_it_finished(
+    tiny_config: TrainConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = whole_config(tiny_config, head_warmup=True, epochs=0)
+    first = tune(cfg, "warm", progress=False).report["history"][0]
+    out = Path(cfg.stage0.out_dir)
+    [fit] = [p for p in out.glob("epoch0-*.pt") if p.stem.count("-") == 1]
+    assert {p.name.removeprefix(fit.stem) for p in out.glob(f"{fit.stem}-*.pt")} == {"-validation.pt", "-training.pt"}
+    fit.unlink()  # as if killed after both splits, before the fit was saved
+    (out / f"{fit.stem}-training.pt").unlink()  # … or during the training split
+    computed: list[int] = []
+    real = RewardTuner.diffs
+
+    def counting(self: RewardTuner, *args: Any, **kwargs: Any) -> Any:
+        computed.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RewardTuner, "diffs", counting)
+    again = tune(cfg, "warm-again", progress=False).report["history"][0]
+    assert len(computed) == 1  # the training split only; the validation split was read back
+    assert again == {**first, "seconds": again["seconds"]}
 
 
 def test_an_unstored_cache_hands_the_tuner_the_inputs_a_stored_one_holds(

@@ -81,8 +81,20 @@ def epoch_zero(
         return dict(saved["entry"])
     tuner.eval()
     bar = "stage 0 epoch 0: frozen features of the {} pairs" if progress else None
-    val_diffs = tuner.diffs(caches, refs[1], ds, bar and bar.format("validation"))
-    train_diffs = tuner.diffs(caches, refs[0], ds, bar and bar.format("training"))
+
+    def frozen(split: str, split_refs: list[PassRef]) -> tuple[list[int], Tensor]:
+        # each split's differences are kept as soon as they exist: a run killed during the other split (each is
+        # most of an hour over every training pair on a CPU) resumes after this one
+        part = Path(s0.out_dir) / f"epoch0-{digest}-{split}.pt"
+        if part.is_file():
+            saved = torch.load(part, weights_only=False)
+            return list(saved["ids"]), saved["diffs"]
+        ids, diffs = tuner.diffs(caches, split_refs, ds, bar and bar.format(split))
+        save_checkpoint(part, {"ids": ids, "diffs": diffs})
+        return ids, diffs
+
+    val_diffs = frozen("validation", refs[1])
+    train_diffs = frozen("training", refs[0])
     warm_loss, l2 = _warm_head(tuner, train_diffs, val_diffs, cfg)
     entry = {
         "epoch": 0,

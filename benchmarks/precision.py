@@ -9,13 +9,14 @@ with `benchmarks.run.flops_per_token` (2 × non-embedding parameters + 4·layers
 Paths, each timed on the same slices in palindrome order (benchmarks.run.palindrome_seconds):
 - `fp32`: the scoring path (RewardModel.score: prompt sharing, packed passes, heads) on the fp32 backbone — the
   default before bf16;
-- `bf16`: the same on the bf16 backbone — what `ARMO_DTYPE=auto` serves here for an artifact that states its bf16
-  agreement;
+- `bf16`: the same on the bf16 backbone, eager (ARMO_COMPILE=off);
+- `compiled`: the bf16 backbone compiled (armo.model_store.compiled) — what `armo serve` runs here by default
+  (ARMO_DTYPE=auto and ARMO_COMPILE=auto, for an artifact that states its bf16 agreement);
 - `int8`: the opt-in int8 backbone (ARMO_QUANTIZE=int8), on fp32.
-Plus the raw packed forward in bf16 (no sharing, no heads) as a fraction of the bf16 ceiling.
+Plus the raw packed forward in bf16 (no sharing, no heads), eager and compiled, as a fraction of the bf16 ceiling.
 Workloads: RewardBench-like pairs, Best-of-16 (one ~1,000-token prompt, 16 ~100-token responses), GRPO-like groups
-(8 prompts × 8 responses). `--http` times two `armo serve` processes (ARMO_DTYPE=float32 and auto) on the same
-requests, a pair / a group per request.
+(8 prompts × 8 responses). `--http` times two `armo serve` processes (the fp32 eager default before bf16:
+ARMO_DTYPE=float32 ARMO_COMPILE=off; and today's defaults) on the same requests, a pair / a group per request.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def main(
     pairs: int = typer.Option(24, help="RewardBench pairs in the pair workload."),
     max_length: int = typer.Option(1024, help="Longest sequence admitted to the pair workload (tokens)."),
     rounds: int = typer.Option(3, help="Rounds of palindrome-ordered timings."),
-    http: bool = typer.Option(False, help="Also compare ARMO_DTYPE=float32 and auto through the service."),
+    http: bool = typer.Option(False, help="Also compare the fp32 eager service with the default one over HTTP."),
     concurrency: int = typer.Option(8, help="Concurrent HTTP clients."),
     out: Path = typer.Option(ROOT / "docs" / "benchmarks_precision.json", help="Where to write the figures."),
 ) -> None:
@@ -93,9 +94,11 @@ def main(
     config = Settings.model_construct().scoring_config(manifest.backbone.max_length)
     fp32 = load_backbone("embedded")
     bf16 = load_backbone("embedded", dtype="bfloat16")
+    compiled = load_backbone("embedded", dtype="bfloat16", compile="on")
     models = {
         "fp32": RewardModel(fp32, head, manifest, config),
         "bf16": RewardModel(bf16, head, manifest, config),
+        "compiled": RewardModel(compiled, head, manifest, config),
         "int8": RewardModel(load_backbone("embedded", quantize="int8"), head, manifest, config),
     }
     paths: dict[str, Callable[[Sequence[ScoreItem]], Any]] = {
@@ -124,35 +127,48 @@ def main(
         # The raw packed forward in bf16 (no prompt sharing, no heads) against the bf16 ceiling at this context.
         encoded = [p.encoded for p in prepared]
         raw = palindrome_seconds(
-            {"raw": lambda b: item_features(bf16, b, config.forward, share_prompts=False)},
+            {
+                n: lambda b, bb=bb: item_features(bb, b, config.forward, share_prompts=False)
+                for n, bb in (("eager", bf16), ("compiled", compiled))
+            },
             [encoded[k : k + 16] for k in range(0, len(encoded), 16)],
             rounds,
-        )["raw"]
+        )
+        raw_rate = {n: tokens * rounds / sum(v) for n, v in raw.items()}
         ceiling = ceilings["bfloat16"] * 1e9 / flops_per_token(fp32, tokens / len(items) / 2)
         row = {
             "items": len(items),
             "tokens": tokens,
             "tokens_per_s": rate,
             "bf16_vs_fp32": ratio_summary(seconds["fp32"], seconds["bf16"]),
+            "compiled_vs_fp32": ratio_summary(seconds["fp32"], seconds["compiled"]),
+            "compiled_vs_bf16": ratio_summary(seconds["bf16"], seconds["compiled"]),
             "int8_vs_bf16": ratio_summary(seconds["bf16"], seconds["int8"]),
-            "raw_bf16_forward_tokens_per_s": tokens * rounds / sum(raw),
+            "raw_bf16_forward_tokens_per_s": raw_rate,
             "bf16_ceiling_tokens_per_s": ceiling,
-            "raw_bf16_forward_vs_ceiling": tokens * rounds / sum(raw) / ceiling,
+            "raw_bf16_forward_vs_ceiling": {n: r / ceiling for n, r in raw_rate.items()},
             "max_abs_score_diff_vs_fp32": {
                 p: max(abs(a - b) for a, b in zip(s, scores["fp32"], strict=True)) for p, s in scores.items()
             },
         }
         results[name] = row
+        ratios = ("compiled_vs_fp32", "bf16_vs_fp32", "compiled_vs_bf16", "int8_vs_bf16")
         print(
             f"{name}: {len(items)} items, {tokens} tokens; tokens/s "
             + ", ".join(f"{p} {r:.0f}" for p, r in rate.items())
-            + f"; bf16/fp32 {row['bf16_vs_fp32']['overall']:.2f}×, int8/bf16 {row['int8_vs_bf16']['overall']:.2f}×"
-            + f"; raw bf16 forward {row['raw_bf16_forward_vs_ceiling']:.2f} of the bf16 ceiling"
+            + "; "
+            + ", ".join(f"{k.replace('_vs_', '/')} {v['overall']:.2f}×" for k, v in row.items() if k in ratios)
+            + "; raw bf16 forward of the bf16 ceiling: "
+            + ", ".join(f"{n} {v:.2f}" for n, v in row["raw_bf16_forward_vs_ceiling"].items())
         )
     if http:
-        del models, paths, fp32, bf16  # the servers load their own
+        del models, paths, fp32, bf16, compiled  # the servers load their own
         work = {n: (items, results[n]["tokens"]) for n, items in workloads.items()}
-        results["http"] = http_leg(work, rounds, concurrency, {"float32": {"ARMO_DTYPE": "float32"}, "auto": {}})
+        servers = {
+            "float32": {"ARMO_DTYPE": "float32", "ARMO_COMPILE": "off"},
+            "default": {"ARMO_DTYPE": "auto", "ARMO_COMPILE": "auto"},
+        }
+        results["http"] = http_leg(work, rounds, concurrency, servers)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")

@@ -4,7 +4,7 @@
 
 Paths, each timed on the same slices in palindrome order (benchmarks.run.palindrome_seconds):
 - `transformers`: this service's scoring path (RewardModel.score: prompt sharing, packed passes, heads) on the
-  transformers backend;
+  transformers backend, compiled as `--compile` says (auto: as `armo serve` runs it);
 - `vllm`: the same path with the backbone on vLLM (`ARMO_BACKEND=vllm`: two LAST-pooled stages on the prefix cache);
 - `peer`: plain vLLM pooling as a user would run it for a reward model: one LAST-pooled state per full sequence,
   no prompt features, no heads (a linear head on it costs nothing measurable).
@@ -74,7 +74,8 @@ def main(
     max_length: int = typer.Option(1024, help="Longest sequence admitted to the pair workload (tokens)."),
     rounds: int = typer.Option(3, help="Rounds of palindrome-ordered timings."),
     device: str = typer.Option("cpu", help="cpu, or cuda (scripts/gpu_check.sh)."),
-    dtype: str = typer.Option("float32", help="float32 on a CPU; bfloat16 on a GPU."),
+    dtype: str = typer.Option("float32", help="float32 or bfloat16 (a CPU with AMX / AVX512-BF16, a GPU)."),
+    compile: str = typer.Option("auto", help="ARMO_COMPILE for the transformers backend: auto, on or off."),
     http: bool = typer.Option(False, help="Also compare the backends through the service over HTTP."),
     concurrency: int = typer.Option(8, help="Concurrent HTTP clients."),
     out: Path = typer.Option(ROOT / "docs" / "benchmarks_vllm.json", help="Where to write the figures."),
@@ -82,7 +83,7 @@ def main(
     manifest, head = ModelStore(BUNDLED_ROOT).load(DEFAULT_MODEL)
     settings = Settings.model_construct()
     config = settings.scoring_config(manifest.backbone.max_length)
-    hf = load_backbone("embedded", device=device, dtype=dtype)
+    hf = load_backbone("embedded", device=device, dtype=dtype, compile=compile)  # type: ignore[arg-type]
     options = VllmOptions(
         pooling=manifest.pooling,
         max_length=manifest.backbone.max_length,
@@ -117,6 +118,7 @@ def main(
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__, "device": device},
         "model": f"{manifest.model}/{manifest.version}",
         "vllm_block_size": engine.llm.llm_engine.vllm_config.cache_config.block_size,
+        "transformers_compiled": hf.compiled is not None,
     }
     for name, (items, per_slice) in workloads.items():
         tokens = sum(models["transformers"].prepare(it).tokens for it in items)

@@ -105,7 +105,7 @@ def packed_passes(backbone: Backbone, pairs: int, budget: int, share: bool) -> t
             units += [packing.Unit(a.input_ids), packing.Unit(b.input_ids)]
     out = []
     for idx in packing.passes(units, budget, 64):
-        ids, positions, placed = packing.plan([units[i] for i in idx], torch.float32, torch.device("cpu"))
+        ids, positions, placed = packing.plan([units[i] for i in idx])
         out.append((torch.tensor([ids]), torch.tensor([positions]), placed))
     return out, sum(lengths) / len(lengths)
 

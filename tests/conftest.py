@@ -21,6 +21,9 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 # Converting the GGUF once per machine is the slow part (~25 s); every later load reads the fp32 cache.
 os.environ.setdefault("ARMO_CACHE_DIR", str(default_cache_dir()))
+# Compiling a backbone costs tens of seconds per load, and the suite loads hundreds (in-process and in every server
+# process it starts, which inherit this). tests/model_store/test_compiled.py and the tests that name it compile.
+os.environ.setdefault("ARMO_COMPILE", "off")
 
 
 @pytest.fixture(scope="session")

@@ -235,6 +235,9 @@ class BackboneInfo(BaseModel):
         description="For a precision other than the one the heads were fit in: the agreement the artifact states "
         "for it (mean and max |Δ score| against the fit precision on validation items, the bound).",
     )
+    compiled: bool = Field(
+        default=False, description="The backbone runs compiled by torch.compile (ARMO_COMPILE, auto resolved)."
+    )
 
 
 class LoadedModelInfo(BaseModel):

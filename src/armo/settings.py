@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         description="Run sequences packed into unpadded passes, each response continuing its prompt in the same "
         "row (armo.model_store.packing); false: padded batches with the prompt's key/value cache reused.",
     )
+    compile: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Compile the packed transformers backbone with torch.compile (inductor) at load: ~1.5x faster "
+        "passes for about a minute more at start. auto: on a CPU, when a C++ compiler is there, falling back to "
+        "eager (logged) if compiling fails; on: always, failing the load otherwise; off: eager.",
+    )
     torch_threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads; default: torch's choice.")
     backend: Literal["transformers", "vllm"] = Field(
         default="transformers",
@@ -222,6 +228,11 @@ class Settings(BaseSettings):
             raise ValueError(f"ARMO_QUANTIZE={self.quantize} runs on the CPU only (ARMO_DEVICE={self.device})")
         if self.quantize != "none" and self.dtype not in {"auto", "float32"}:
             raise ValueError(f"ARMO_QUANTIZE={self.quantize} runs on a float32 backbone (ARMO_DTYPE={self.dtype})")
+        if self.compile == "on" and (self.backend != "transformers" or self.quantize != "none" or not self.packed):
+            raise ValueError(
+                "ARMO_COMPILE=on compiles the packed transformers backbone only (ARMO_BACKEND=transformers, "
+                "ARMO_PACKED=true, ARMO_QUANTIZE=none)"
+            )
         if self.quantize != "none" and self.backend != "transformers":
             raise ValueError(f"ARMO_QUANTIZE={self.quantize} runs on transformers only (ARMO_BACKEND={self.backend})")
         return self
@@ -257,6 +268,7 @@ class Settings(BaseSettings):
             quantize=self.quantize,
             packed=self.packed,
             vllm=vllm,
+            compile=self.compile,
         )
 
     def api_key_values(self) -> list[str]:

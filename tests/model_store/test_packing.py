@@ -24,11 +24,14 @@ def test_plan_lays_out_positions_and_tree_masks_by_hand() -> None:
     first, second, third = placed
     assert (first.start, first.root, second.start, second.root, third.start) == (0, 3, 6, 2, 8)
     assert [(c.start, c.length) for c in first.children] == [(3, 2), (5, 1)]
+    rows = packing.segment_rows(placed).view(-1, 3).tolist()  # (start, length, index of its root or -1)
+    assert rows == [[0, 3, -1], [3, 2, 0], [5, 1, 0], [6, 2, -1], [8, 1, -1], [9, 2, 4]]
     # child [4, 5]: sees the whole root (3 keys), then itself causally (additive mask: 0 visible, -inf hidden)
-    visible = [(c.mask == 0).tolist() for c in first.children if c.mask is not None]
-    assert visible == [[[True, True, True, True, False], [True, True, True, True, True]], [[True, True, True, True]]]
-    assert first.children[0].mask is not None and first.children[0].mask[0, 4] == float("-inf")
-    assert third.children[0].mask is None  # longer than its root: the causal kernel over root + child instead
+    mask = packing.child_mask(3, 2, torch.float32, torch.device("cpu"))
+    assert (mask == 0).tolist() == [[True, True, True, True, False], [True, True, True, True, True]]
+    assert mask[0, 4] == float("-inf")
+    masks = packing._MASKS.get(rows, torch.float32, torch.device("cpu"))
+    assert set(masks) == {(3, 2), (3, 1)}  # [10, 11] is longer than its root: the causal kernel over both instead
     assert first.last() == [4, 5] and second.last() == [7]
 
 

@@ -102,7 +102,7 @@ _LOADED: dict[str, Backbone] = {}
 
 def cached_loader(spec: str, **kwargs: Any) -> Backbone:
     """The real loader, once per backbone per test session: most tests start an app, none mutates a backbone."""
-    key = f"{spec}:{kwargs.get('dtype', 'float32')}"
+    key = f"{spec}:{kwargs.get('dtype', 'float32')}:{kwargs.get('compile', 'off')}"
     if key not in _LOADED:
         _LOADED[key] = load_backbone(spec, **kwargs)
     return _LOADED[key]

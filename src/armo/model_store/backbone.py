@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from armo.model_store import atomic
+from armo.model_store.compiled import CompileMode, compile_packed, decide
 from armo.model_store.errors import ArtifactError
 from armo.model_store.identity import local_revision, template_hash
 from armo.model_store.manifest import BackboneDelta, BackboneRef, Pooling, sha256_file
@@ -85,6 +86,8 @@ class Backbone:
     engine: FeatureEngine | None = None
     delta: BackboneDelta | None = None  # the delta merged at load (armo.model_store.delta), if any
     precision: str = "float32"  # the dtype its weights and matmuls are in (ARMO_DTYPE, `auto` resolved)
+    # The model compiled for packed inference passes (armo.model_store.compiled), or None: eager.
+    compiled: Callable[..., Any] | None = None
 
     @property
     def backend(self) -> str:
@@ -197,6 +200,7 @@ def load_backbone(
     packed: bool = True,
     vllm: VllmOptions | None = None,
     delta: LoadedDelta | None = None,
+    compile: CompileMode = "off",
 ) -> Backbone:
     """Load `spec`: "embedded" / EMBEDDED_ID, a local directory, or a hub id (needs network).
 
@@ -204,7 +208,8 @@ def load_backbone(
     allows it; False keeps padded batches and the key/value-cache prompt sharing (the pre-packing path).
     `vllm`: run the backbone on vLLM instead of transformers (armo.model_store.vllm_engine); the transformers model
     is then not loaded at all. `delta`: an artifact's reward-tuned layers (armo.model_store.delta), merged into the
-    weights at load; refused unless it was tuned from this backbone's revision.
+    weights at load; refused unless it was tuned from this backbone's revision. `compile`: compile the packed model
+    for inference (armo.model_store.compiled decides where `auto` does).
     """
     # The whole model in `dtype`, on a CPU as on a GPU and on vLLM: measured on this CPU's AMX units, keeping the
     # residual stream or the attention in fp32 gave back most of bf16's speed for little less drift
@@ -236,7 +241,7 @@ def load_backbone(
                 raise ArtifactError("a backbone delta on vLLM needs a local backbone directory", field="backbone_delta")
             return _on_vllm(spec, tokenizer, spec, revision, int(config.hidden_size), vllm)
         model = _finish(AutoModel.from_pretrained(spec, **kwargs), tokenizer, device, quantize, delta)
-        return _backbone(model, tokenizer, spec, revision, packed, delta, dtype)
+        return _backbone(model, tokenizer, spec, revision, packed, delta, dtype, (compile, quantize))
     _check_delta(delta, revision, ident)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     if vllm is not None:
@@ -246,7 +251,7 @@ def load_backbone(
         backbone = _on_vllm(str(directory), tokenizer, ident, revision, hidden, vllm, cache_dir, delta)
     else:
         model = _finish(AutoModel.from_pretrained(directory, **kwargs), tokenizer, device, quantize, delta)
-        backbone = _backbone(model, tokenizer, ident, revision, packed, delta, dtype)
+        backbone = _backbone(model, tokenizer, ident, revision, packed, delta, dtype, (compile, quantize))
     log.info("backbone %s loaded on %s in %.2f s", ident, backbone.backend, time.perf_counter() - started)
     return backbone
 
@@ -288,12 +293,27 @@ def _backbone(
     packed: bool,
     delta: LoadedDelta | None = None,
     precision: str = "float32",
+    compile: tuple[CompileMode, Quantize] = ("off", "none"),
 ) -> Backbone:
     hidden = int(model.config.hidden_size)
     packed = packed and enable(model)
     ref = delta.ref if delta else None
+    mode, quantize = compile
+    device = str(next(model.parameters()).device)
+    wanted, why = decide(mode, device=device, quantize=quantize, packed=packed, engine=False)
+    log.info("backbone %s: %s", ident, why)
+    compiled = compile_packed(model, mode) if wanted else None
     return Backbone(
-        model, tokenizer, ident, revision, template_hash(tokenizer), hidden, packed, delta=ref, precision=precision
+        model,
+        tokenizer,
+        ident,
+        revision,
+        template_hash(tokenizer),
+        hidden,
+        packed,
+        delta=ref,
+        precision=precision,
+        compiled=compiled,
     )
 
 

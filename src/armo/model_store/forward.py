@@ -233,7 +233,7 @@ def run_packed(backbone: Backbone, groups: Sequence[PrefixGroup], budget: PassBu
     out = Features.empty(sum(max(1, len(g.suffixes)) for g in groups), backbone.hidden_size)
     first = 0
     for idx in packing.passes(units, budget.tokens, budget.rows):
-        hidden, placed = packing.forward(backbone.model, [units[i] for i in idx])
+        hidden, placed = packing.forward(backbone.model, [units[i] for i in idx], backbone.compiled)
         feats = packed_outputs(hidden, placed, [groups[i] for i in idx])
         out.put(slice(first, first + feats.response.shape[0]), feats)
         first += feats.response.shape[0]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from armo.model_store.backbone import Backbone, Quantize, load_backbone
+from armo.model_store.compiled import CompileMode
 from armo.model_store.delta import read_delta
 from armo.model_store.devices import cpu_bf16_units
 from armo.model_store.errors import ArtifactError
@@ -49,6 +50,7 @@ class BackboneOptions:
     quantize: Quantize
     packed: bool
     vllm: VllmResources | None  # None: in-process transformers
+    compile: CompileMode  # auto, on or off (armo.model_store.compiled)
 
     def load_kwargs(self, manifest: Manifest) -> dict[str, Any]:
         """`load_backbone`'s keyword arguments for this artifact (the delta is added by the caller)."""
@@ -71,6 +73,7 @@ class BackboneOptions:
             "quantize": self.quantize,
             "packed": self.packed,
             "vllm": vllm,
+            "compile": self.compile if vllm is None else "off",
         }
 
 

@@ -17,7 +17,8 @@ segment when a pass carries a plan and is plain SDPA otherwise (padded batches s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,11 +51,6 @@ class Unit:
 class Child:
     start: int
     length: int
-    # [length, root + length] additive float: 0 on the whole root and causally over the child, -inf elsewhere.
-    # None: the child is longer than its root, and its attention runs as the causal kernel over root + child
-    # (queries of the root recomputed and dropped) — SDPA skips masked blocks only for is_causal, so that costs
-    # (root + length)² / 2 score products against length × (root + length) with the mask.
-    mask: Tensor | None
 
 
 @dataclass(frozen=True)
@@ -80,17 +76,20 @@ class Placed:
         return [(tail, range(c.start, c.start + c.length)) for c in self.children]
 
 
-def _child_mask(root: int, length: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    # Additive, in the compute dtype: SDPA would convert a boolean mask in every layer (a measured 1.5 % of a pass).
-    mask = torch.zeros((length, root + length), dtype=dtype)
-    mask[:, root:] = torch.full((length, length), float("-inf"), dtype=dtype).triu(1)
+def child_mask(root: int, length: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """[length, root + length] additive mask: 0 on the whole root and causally over the child, -inf elsewhere. In
+    the compute dtype: SDPA would convert a boolean mask in every layer (a measured 1.5 % of a pass).
+
+    Only for a child no longer than its root. A longer child's attention runs as the causal kernel over root +
+    child instead, the root's queries recomputed and dropped: SDPA skips masked blocks only for is_causal, so that
+    costs (root + length)² / 2 score products against length × (root + length) with the mask."""
+    mask = torch.zeros((length, root + length), dtype=dtype, device=device)
+    mask[:, root:] = torch.full((length, length), float("-inf"), dtype=dtype, device=device).triu(1)
     return mask
 
 
-def plan(
-    units: Sequence[Unit], dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
-) -> tuple[list[int], list[int], list[Placed]]:
-    """(token ids, position ids, placement) of one packed row; masks in the model's dtype, on its device."""
+def plan(units: Sequence[Unit]) -> tuple[list[int], list[int], list[Placed]]:
+    """(token ids, position ids, placement) of one packed row."""
     ids: list[int] = []
     positions: list[int] = []
     placed: list[Placed] = []
@@ -100,12 +99,74 @@ def plan(
         positions += range(p)
         children = []
         for c in u.children:
-            mask = _child_mask(p, len(c), dtype).to(device) if p >= len(c) else None
-            children.append(Child(len(ids), len(c), mask))
+            children.append(Child(len(ids), len(c)))
             ids += c
             positions += range(p, p + len(c))
         placed.append(Placed(start, p, tuple(children)))
     return ids, positions, placed
+
+
+def segment_rows(placed: Sequence[Placed]) -> Tensor:
+    """The plan as the attention reads it: [segments × 3] int64, per segment in row order (start, length, index of
+    its root segment or -1 for a root). A tensor, not Python objects, so a compiled model takes any plan as an
+    input instead of specialising (and recompiling) on each one; flat, so that its size is never 1 (a size of 1 is
+    compiled as a special case: one pass of one sequence would recompile)."""
+    rows: list[tuple[int, int, int]] = []
+    for u in placed:
+        root = len(rows)
+        rows.append((u.start, u.root, -1))
+        rows += [(c.start, c.length, root) for c in u.children]
+    return torch.tensor(rows, dtype=torch.int64).flatten()
+
+
+class _Masks(threading.local):
+    """The child masks of the pass being run, built in its first layer and reused by the others (one pass at a
+    time per thread; a new plan replaces them)."""
+
+    key: tuple[Any, ...] = ()
+    masks: dict[tuple[int, int], Tensor] = {}  # noqa: RUF012  # replaced, never mutated, per thread
+
+    def get(self, rows: list[list[int]], dtype: torch.dtype, device: torch.device) -> dict[tuple[int, int], Tensor]:
+        key = (tuple(map(tuple, rows)), dtype, device)
+        if key != self.key:
+            wanted = {(rows[r][1], n) for _, n, r in rows if r >= 0 and rows[r][1] >= n}
+            self.key, self.masks = key, {(p, n): child_mask(p, n, dtype, device) for p, n in wanted}
+        return self.masks
+
+
+_MASKS = _Masks()
+
+
+@torch.library.custom_op("armo::segment_attention", mutates_args=())
+def _attend(query: Tensor, key: Tensor, value: Tensor, rows: Tensor, scale: float | None) -> Tensor:
+    """Inference attention of one packed pass ([1, H, N, D] each, keys already repeated for grouped queries): one
+    SDPA call per segment. A custom op so that a compiled model (armo.model_store.compiled) runs it as one opaque
+    call: compiled, the Python loop would unroll into the graph and specialise it on the plan."""
+    plan = rows.view(-1, 3).tolist()
+    masks = _MASKS.get(plan, query.dtype, query.device)
+    out = torch.empty_like(query)
+    for start, length, root in plan:
+        s = slice(start, start + length)
+        if root < 0:
+            out[:, :, s] = scaled_dot_product_attention(
+                query[:, :, s], key[:, :, s], value[:, :, s], is_causal=True, scale=scale
+            )
+            continue
+        r = slice(plan[root][0], plan[root][0] + plan[root][1])
+        k = torch.cat([key[:, :, r], key[:, :, s]], dim=2)
+        v = torch.cat([value[:, :, r], value[:, :, s]], dim=2)
+        mask = masks.get((plan[root][1], length))
+        if mask is None:
+            q = torch.cat([query[:, :, r], query[:, :, s]], dim=2)
+            out[:, :, s] = scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)[:, :, r.stop - r.start :]
+        else:
+            out[:, :, s] = scaled_dot_product_attention(query[:, :, s], k, v, attn_mask=mask, scale=scale)
+    return out
+
+
+@_attend.register_fake
+def _(query: Tensor, key: Tensor, value: Tensor, rows: Tensor, scale: float | None) -> Tensor:
+    return torch.empty_like(query)
 
 
 def segment_attention(
@@ -118,58 +179,47 @@ def segment_attention(
     scaling: float | None = None,
     **kwargs: Any,
 ) -> tuple[Tensor, None]:
-    placed: Sequence[Placed] | None = kwargs.pop(PLAN_KWARG, None)
-    if placed is None:
+    """transformers' attention function for packed passes. The plan (PLAN_KWARG) is `segment_rows`' tensor, or the
+    placement itself (converted here)."""
+    plan: Tensor | Sequence[Placed] | None = kwargs.pop(PLAN_KWARG, None)
+    if plan is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
+    rows = plan if isinstance(plan, Tensor) else segment_rows(plan)
     groups = query.shape[1] // key.shape[1]
     if groups > 1:  # grouped-query attention: one copy of the keys per pass is cheaper than per segment
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
     if query.requires_grad:
-        out = _differentiable_segments(query, key, value, placed, scaling)
+        out = _differentiable_segments(query, key, value, rows.view(-1, 3).tolist(), scaling)
     else:
-        out = torch.empty_like(query)
-        for u in placed:
-            r = slice(u.start, u.start + u.root)
-            q, k, v = query[:, :, r], key[:, :, r], value[:, :, r]
-            out[:, :, r] = scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling)
-            for c in u.children:
-                s = slice(c.start, c.start + c.length)
-                k = torch.cat([key[:, :, r], key[:, :, s]], dim=2)
-                v = torch.cat([value[:, :, r], value[:, :, s]], dim=2)
-                if c.mask is None:
-                    q = torch.cat([query[:, :, r], query[:, :, s]], dim=2)
-                    out[:, :, s] = scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling)[:, :, u.root :]
-                else:
-                    out[:, :, s] = scaled_dot_product_attention(query[:, :, s], k, v, attn_mask=c.mask, scale=scaling)
+        out = _attend(query, key, value, rows, scaling)
     return out.transpose(1, 2), None  # [1, N, H, D], as the attention modules expect
 
 
 def _differentiable_segments(
-    query: Tensor, key: Tensor, value: Tensor, placed: Sequence[Placed], scaling: float | None
+    query: Tensor, key: Tensor, value: Tensor, plan: list[list[int]], scaling: float | None
 ) -> Tensor:
     """`segment_attention`'s loop for a pass that trains: segments from one `split` per tensor, outputs joined by
     one `cat`. Slices and writes into slices, as the inference loop uses (4-7 % faster there), make each slice's
     backward write a zero-filled gradient of the whole row: quadratic in a pass's segments, 60 % of a
     whole-backbone training step; split and cat each have one linear backward."""
-    lengths = [n for u in placed for n in (u.root, *(c.length for c in u.children))]
-    qs, ks, vs = (t.split(lengths, dim=2) for t in (query, key, value))
+    masks = _MASKS.get(plan, query.dtype, query.device)
+    qs, ks, vs = (t.split([n for _, n, _ in plan], dim=2) for t in (query, key, value))
     outs: list[Tensor] = []
-    i = 0
-    for u in placed:
-        q_r, k_r, v_r = qs[i], ks[i], vs[i]
-        outs.append(scaled_dot_product_attention(q_r, k_r, v_r, is_causal=True, scale=scaling))
-        for j, c in enumerate(u.children, start=i + 1):
-            k = torch.cat([k_r, ks[j]], dim=2)
-            v = torch.cat([v_r, vs[j]], dim=2)
-            if c.mask is None:
-                q = torch.cat([q_r, qs[j]], dim=2)
-                outs.append(scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling)[:, :, u.root :])
-            else:
-                outs.append(scaled_dot_product_attention(qs[j], k, v, attn_mask=c.mask, scale=scaling))
-        i += 1 + len(u.children)
+    for i, (_, length, root) in enumerate(plan):
+        if root < 0:
+            outs.append(scaled_dot_product_attention(qs[i], ks[i], vs[i], is_causal=True, scale=scaling))
+            continue
+        k = torch.cat([ks[root], ks[i]], dim=2)
+        v = torch.cat([vs[root], vs[i]], dim=2)
+        mask = masks.get((plan[root][1], length))
+        if mask is None:
+            q = torch.cat([qs[root], qs[i]], dim=2)
+            outs.append(scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling)[:, :, plan[root][1] :])
+        else:
+            outs.append(scaled_dot_product_attention(qs[i], k, v, attn_mask=mask, scale=scaling))
     return torch.cat(outs, dim=2)
 
 
@@ -193,16 +243,18 @@ def enable(model: PreTrainedModel) -> bool:
     return bool(model.config._attn_implementation == ATTENTION)
 
 
-def forward(model: PreTrainedModel, units: Sequence[Unit]) -> tuple[Tensor, list[Placed]]:
-    """One packed pass (the model must be `enable`d). -> (last hidden state [N, d], placement)."""
-    weight = next(model.parameters())
-    device = weight.device
-    ids, positions, placed = plan(units, weight.dtype if weight.is_floating_point() else torch.float32, device)
-    hidden = model(
+def forward(
+    model: PreTrainedModel, units: Sequence[Unit], call: Callable[..., Any] | None = None
+) -> tuple[Tensor, list[Placed]]:
+    """One packed pass (the model must be `enable`d; `call`: the model compiled, armo.model_store.compiled).
+    -> (last hidden state [N, d], placement)."""
+    device = next(model.parameters()).device
+    ids, positions, placed = plan(units)
+    hidden = (model if call is None else call)(
         input_ids=torch.tensor([ids], device=device),
         position_ids=torch.tensor([positions], device=device),
         use_cache=False,
-        **{PLAN_KWARG: placed},
+        **{PLAN_KWARG: segment_rows(placed)},
     ).last_hidden_state[0]
     return hidden, placed
 

@@ -379,6 +379,7 @@ def _describe(loaded: LoadedModel) -> p.LoadedModelInfo:
             delta_layers=list(rm.backbone.delta.layers) if rm.backbone.delta else [],
             precision=rm.backbone.precision,
             precision_agreement=agreement.model_dump() if agreement else None,
+            compiled=rm.backbone.compiled is not None,
         ),
         pooling=m.pooling,
         objectives=[

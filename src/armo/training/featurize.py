@@ -50,6 +50,7 @@ def backbone_options(cfg: TrainConfig, quantize: Quantize = "none") -> BackboneO
         quantize=quantize,
         packed=True,
         vllm=None,
+        compile="off",  # training loads many backbones for short jobs; a minute of compiling each would not pay
     )
 
 

@@ -86,7 +86,7 @@ def top_view(model: PreTrainedModel, layers: nn.ModuleList) -> PreTrainedModel:
 def run_top(top: PreTrainedModel, hidden_in: Tensor, groups: Sequence[EncodedGroup]) -> Features:
     """One packed pass of the top layers over a cached pass's input hidden states [N, d]."""
     units = [packing.Unit(g.prompt_ids, g.suffixes) for g in groups]
-    ids, positions, placed = packing.plan(units, hidden_in.dtype, hidden_in.device)
+    ids, positions, placed = packing.plan(units)
     if len(ids) != hidden_in.shape[0]:
         raise RuntimeError(f"layer cache holds {hidden_in.shape[0]} positions for a pass of {len(ids)} tokens")
     hidden = top(

@@ -17,6 +17,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     ARMO_STORE_ROOT=/opt/armo/store
 
 WORKDIR /opt/armo/app
+# A C++ compiler: with ARMO_COMPILE=auto (the default) inductor builds the compiled backbone's CPU kernels with it
+# (faster scoring, docs/BENCHMARKS.md#precision); without one the service serves eager and logs why. Debian's g++
+# of the base image's release, whatever its version.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends g++ \
+ && rm -rf /var/lib/apt/lists/*
 # The runtime only: the service and the model store (the `serve` extra), at requirement.lock's versions (-c pins a
 # version without installing the rest of the lock: no test, lint or training tools in the image). torch first, from
 # the PyTorch CPU index (its CPU build; the constraint torch==X matches X+cpu), then the embedded backbone package

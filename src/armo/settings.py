@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     )
     compile: Literal["auto", "on", "off"] = Field(
         default="auto",
-        description="Compile the packed transformers backbone with torch.compile (inductor) at load: ~1.5x faster "
+        description="Compile the packed transformers backbone with torch.compile (inductor) at load: ~1.15x faster "
         "passes for about a minute more at start. auto: on a CPU, when a C++ compiler is there, falling back to "
         "eager (logged) if compiling fails; on: always, failing the load otherwise; off: eager.",
     )

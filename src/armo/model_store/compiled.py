@@ -3,7 +3,7 @@
 Why: in bf16 on AMX the matmuls are no longer most of a pass. Eager, every RMSNorm (with its fp32 upcast), SiLU,
 rotary embedding and residual add is its own trip through memory, and each Linear re-reads its weights in the
 layout it was stored in. Compiled with weight freezing, inductor fuses the element-wise work into the kernels around
-the matmuls and packs the weights once for oneDNN: a packed pass runs ~1.5× faster (docs/BENCHMARKS.md). Attention
+the matmuls and packs the weights once for oneDNN: scoring runs 1.14–1.18× faster (docs/BENCHMARKS.md). Attention
 stays the eager segment loop (`packing._attend`, a custom op the graph calls as one opaque node), so the graph does
 not depend on the plan: one compilation, `dynamic=True`, serves every pass length and every plan.
 

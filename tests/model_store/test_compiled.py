@@ -92,6 +92,11 @@ def test_the_compiled_tiny_model_matches_eager_in_fp32(tiny_backbone_dir: Path, 
     a = [r.score for r in eager.score(MIXED)]
     b = [r.score for r in fast.score(MIXED)]
     assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 1e-4, (a, b)
+    # Training and `armo eval --compile` never mix compiled and eager features in one cache.
+    from armo.training.config import ExtractConfig
+    from armo.training.extract import job_key
+
+    assert job_key(bb, [], ExtractConfig(), {}) != job_key(tiny_backbone, [], ExtractConfig(), {})
 
 
 def test_auto_compiles_only_where_it_pays_and_on_refuses_what_it_cannot(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -356,6 +356,9 @@ def eval_command(
         str,
         typer.Option("--quantize", help="none | int8 | int8-mixed: score with the opt-in int8 backbone (own cache)"),
     ] = "none",
+    compile: Annotated[
+        bool, typer.Option("--compile", help="score with the compiled backbone, as armo serve runs it on a CPU")
+    ] = False,
 ) -> None:
     """Evaluate a published artifact on RewardBench v1 (features cached; same cap as the training config)."""
     from armo.model_store.backbone import Quantize
@@ -371,7 +374,7 @@ def eval_command(
     cfg = _config(config, sets)
     if quantize != "none":  # the cache key does not see quantisation: own directory per mode/scheme
         cfg = _config(config, [*(sets or []), f"cache_dir={Path(cfg.cache_dir) / quantize / SCHEME}"])
-    rm = load_artifact(cfg, ModelStore(store), model, version, cast(Quantize, quantize))
+    rm = load_artifact(cfg, ModelStore(store), model, version, cast(Quantize, quantize), compile)
     ds = build_eval_set(cfg.eval, fast)
     table, seconds = featurize(cfg, ds, "rewardbench-fast" if fast else "rewardbench-full", rm.backbone)
     result = evaluate_artifact(rm, ds, table, out, fast=fast)

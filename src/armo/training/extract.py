@@ -148,6 +148,8 @@ def job_key(backbone: Backbone, items: Sequence[Item], cfg: ExtractConfig, data_
         meta["delta"] = backbone.delta.sha256
     if backbone.precision != "float32":  # bf16 features are their own cache: precisions are never mixed
         meta["precision"] = backbone.precision
+    if backbone.compiled is not None:  # compiled kernels round differently: their features are their own cache too
+        meta["compiled"] = True
     h.update(json.dumps(meta, sort_keys=True).encode())
     for it in items:
         h.update(json.dumps([list(it.messages), it.response]).encode())

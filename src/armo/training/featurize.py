@@ -26,7 +26,7 @@ def load_backbone_once(spec: str, **kwargs: Any) -> Backbone:
     """`load_backbone`, once per process for each backbone, delta, device, quantisation and precision: training
     reads the same backbone in many stages and comparisons."""
     delta: LoadedDelta | None = kwargs.get("delta")
-    defaults = {"device": "cpu", "quantize": "none", "dtype": "float32"}  # load_backbone's
+    defaults = {"device": "cpu", "quantize": "none", "dtype": "float32", "compile": "off"}  # load_backbone's
     key = (spec, delta.sha256 if delta else "", *(str(kwargs.get(k, v)) for k, v in defaults.items()))
     if key not in _BACKBONES:
         _BACKBONES[key] = load_backbone(spec, **kwargs)
@@ -39,9 +39,10 @@ def get_backbone(spec: str, delta: str = "", device: str = "cpu", dtype: str = "
     return load_backbone_once(spec, delta=loaded, device=device, dtype=dtype)
 
 
-def backbone_options(cfg: TrainConfig, quantize: Quantize = "none") -> BackboneOptions:
+def backbone_options(cfg: TrainConfig, quantize: Quantize = "none", compile: bool = False) -> BackboneOptions:
     """Training's backbone: the config's (it overrides an artifact's id), in-process, on the config's device and
-    in its dtype."""
+    in its dtype; compiled only when asked (`armo eval --compile`): training loads many backbones for short jobs,
+    and a minute of compiling each would not pay."""
     return BackboneOptions(
         override=cfg.backbone,
         cache_dir=None,
@@ -50,16 +51,16 @@ def backbone_options(cfg: TrainConfig, quantize: Quantize = "none") -> BackboneO
         quantize=quantize,
         packed=True,
         vllm=None,
-        compile="off",  # training loads many backbones for short jobs; a minute of compiling each would not pay
+        compile="on" if compile else "off",
     )
 
 
 def load_artifact(
-    cfg: TrainConfig, store: ModelStore, model: str, ref: str, quantize: Quantize = "none"
+    cfg: TrainConfig, store: ModelStore, model: str, ref: str, quantize: Quantize = "none", compile: bool = False
 ) -> RewardModel:
     """A published artifact on training's backbone (its delta merged), with training's own truncation."""
     scoring = scoring_config(cfg.extract)
-    options = backbone_options(cfg, quantize)
+    options = backbone_options(cfg, quantize, compile)
     return load_reward_model(store, model, ref, options, lambda _: scoring, loader=load_backbone_once)
 
 

@@ -241,7 +241,7 @@ def load_backbone(
                 raise ArtifactError("a backbone delta on vLLM needs a local backbone directory", field="backbone_delta")
             return _on_vllm(spec, tokenizer, spec, revision, int(config.hidden_size), vllm)
         model = _finish(AutoModel.from_pretrained(spec, **kwargs), tokenizer, device, quantize, delta)
-        return _backbone(model, tokenizer, spec, revision, packed, delta, dtype, (compile, quantize))
+        return _backbone(model, tokenizer, spec, revision, packed, delta, dtype, compile=compile, quantize=quantize)
     _check_delta(delta, revision, ident)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     if vllm is not None:
@@ -251,7 +251,9 @@ def load_backbone(
         backbone = _on_vllm(str(directory), tokenizer, ident, revision, hidden, vllm, cache_dir, delta)
     else:
         model = _finish(AutoModel.from_pretrained(directory, **kwargs), tokenizer, device, quantize, delta)
-        backbone = _backbone(model, tokenizer, ident, revision, packed, delta, dtype, (compile, quantize))
+        backbone = _backbone(
+            model, tokenizer, ident, revision, packed, delta, dtype, compile=compile, quantize=quantize
+        )
     log.info("backbone %s loaded on %s in %.2f s", ident, backbone.backend, time.perf_counter() - started)
     return backbone
 
@@ -293,16 +295,17 @@ def _backbone(
     packed: bool,
     delta: LoadedDelta | None = None,
     precision: str = "float32",
-    compile: tuple[CompileMode, Quantize] = ("off", "none"),
+    *,
+    compile: CompileMode = "off",
+    quantize: Quantize = "none",
 ) -> Backbone:
     hidden = int(model.config.hidden_size)
     packed = packed and enable(model)
     ref = delta.ref if delta else None
-    mode, quantize = compile
     device = str(next(model.parameters()).device)
-    wanted, why = decide(mode, device=device, quantize=quantize, packed=packed, engine=False)
+    wanted, why = decide(compile, device=device, quantize=quantize, packed=packed, engine=False)
     log.info("backbone %s: %s", ident, why)
-    compiled = compile_packed(model, mode) if wanted else None
+    compiled = compile_packed(model, compile) if wanted else None
     return Backbone(
         model,
         tokenizer,

@@ -88,6 +88,11 @@ class RewardTuner(nn.Module):
             )
         else:
             self.tuned.requires_grad_(True)
+        if self.bf16:  # frozen weights once in bf16: what autocast casts them to on every pass, bit for bit
+            for module in [*frozen, *self.tuned]:
+                for linear in module.modules():
+                    if type(linear) is nn.Linear and not linear.weight.requires_grad:
+                        linear.weight.data = linear.weight.data.to(torch.bfloat16)
         self.top = top_view(model, nn.ModuleList([*frozen, *self.tuned]))
         self.head = nn.Linear(backbone.hidden_size, 1)
         nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(backbone.hidden_size))
@@ -96,6 +101,17 @@ class RewardTuner(nn.Module):
 
     def trainable(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+    def trained_state(self) -> dict[str, Tensor]:
+        """What training changes (adapters or tuned weights, and the head): a checkpoint's weights. The frozen
+        layers are the backbone's and are not saved — for LoRA that is ~1/20 of the size."""
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def load_trained_state(self, state: dict[str, Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        trained = {name for name, p in self.named_parameters() if p.requires_grad}
+        if unexpected or trained.intersection(missing):
+            raise ValueError(f"checkpoint does not fit the tuner: {sorted(trained.intersection(missing))[:3]}…")
 
     def precision(self) -> AbstractContextManager[Any]:
         """The layers' compute precision: bf16 autocast over fp32 weights, or plain fp32."""
@@ -204,7 +220,7 @@ def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: 
         saved = torch.load(ckpt_path, weights_only=False)
         if saved["fingerprint"] != fingerprint:
             raise ValueError(f"{ckpt_path} was made with other stage-0 settings or data; use another run name")
-        tuner.load_state_dict(saved["tuner"])
+        tuner.load_trained_state(saved["tuner"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["state"]
@@ -217,7 +233,7 @@ def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: 
             ckpt_path,
             {
                 "fingerprint": fingerprint,
-                "tuner": tuner.state_dict(),
+                "tuner": tuner.trained_state(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "state": state,

@@ -18,6 +18,7 @@ from transformers import AutoModel
 
 from armo.model_store.backbone import Backbone, load_backbone
 from armo.model_store.delta import DELTA_FILE, LORA_A, LORA_B, LoadedDelta, apply_to_model, read_delta, read_run_delta
+from armo.model_store.devices import cpu_bf16_units
 from armo.model_store.errors import ArtifactError
 from armo.model_store.manifest import BackboneDelta, sha256_file
 from armo.model_store.reward_model import RewardModel, ScoreItem
@@ -360,3 +361,30 @@ def test_stage0_and_its_features_on_cuda_match_the_cpu(tiny_config: TrainConfig,
         assert got.device.type == "cpu"  # features are cached on the CPU whatever the backbone's device
         torch.testing.assert_close(got, want, atol=2e-3, rtol=1e-3)
     assert heads["cuda"]["balanced"] == pytest.approx(heads["cpu"]["balanced"], abs=0.05)
+
+
+@pytest.mark.skipif(not cpu_bf16_units(), reason="this CPU has no bf16 units (AMX / AVX512-BF16)")
+def test_a_bf16_run_caches_its_own_precision_and_its_features_equal_a_bf16_forward(
+    tiny_config: TrainConfig, tiny_backbone_dir: Path
+) -> None:
+    raw = stage0_config(tiny_config, epochs=1).to_dict()
+    raw["dtype"] = "bfloat16"
+    cfg = load_config(None, raw)
+    delta = tune(cfg, "bf16", progress=False).delta
+    base = load_backbone(str(tiny_backbone_dir), dtype="bfloat16")
+    [job] = [c.directory for c in layer_caches(cfg, build_training_set(cfg.data), base)[:1]]
+    assert job.is_dir()  # the run built its cache with the bf16 backbone: it sits under the bf16 key
+    fp32 = layer_caches(cfg, build_training_set(cfg.data), load_backbone(str(tiny_backbone_dir)))[0]
+    assert fp32.directory != job and not fp32.complete()  # an fp32 run would build (and read) its own
+    shard = load_file(str(next(job.glob("shard-*.safetensors"))))
+    assert {t.dtype for t in shard.values()} == {torch.bfloat16}
+    tuned = load_backbone(str(tiny_backbone_dir), delta=read_run_delta(delta), dtype="bfloat16")
+    cache = LayerCache(tuned, ITEMS * 3, name="x", cache_root=Path(cfg.cache_dir), cfg=cfg.extract, start=0)
+    LayerCache(base, ITEMS * 3, name="x", cache_root=Path(cfg.cache_dir), cfg=cfg.extract, start=0).build(False)
+    assert cache.serves(tuned) and not cache.serves(load_backbone(str(tiny_backbone_dir)))
+    full = run_extraction(tuned, ITEMS * 3, name="full", cache_root=Path(cfg.cache_dir) / "a", cfg=cfg.extract)
+    cached = run_extraction(
+        tuned, ITEMS * 3, name="full", cache_root=Path(cfg.cache_dir) / "b", cfg=cfg.extract, pool=cache.pool_for(tuned)
+    )
+    for column in ("response", "response_mean", "prompt"):
+        torch.testing.assert_close(getattr(cached, column), getattr(full, column), atol=0, rtol=0)

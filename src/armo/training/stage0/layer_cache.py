@@ -7,8 +7,9 @@ responses after it), so:
 - training reads one pass at a time and runs only the top layers on it;
 - after training, the tuned backbone's features for the heads (stages 1-4) come from the cache through the tuned
   top layers (`top_pool`), not from a second full extraction.
-Values are kept in fp32: features read through the cached top layers equal the tuned backbone's forward up to float
-reordering (tests/training/test_stage0.py).
+Values are kept in the backbone's precision (a bf16 run's cache is bf16 and has its own directory: precisions are
+never mixed): features read through the cached top layers equal the tuned backbone's forward up to float reordering
+(tests/training/test_stage0.py). The tuner reads them as fp32.
 A cache need not be stored (`stage0.store_cache` off): each pass's input is then computed when it is read. That is
 what a whole-backbone run does: its "layer input" is the embedding of the pass's tokens, as cheap to compute as to
 read, and a stored copy of every training token's embeddings would not fit on disk.
@@ -185,7 +186,7 @@ class LayerCache:
         for j, batch in enumerate(passes):
             units = [packing.Unit(encoded[b].prompt_ids, encoded[b].suffixes) for b in batch]
             hidden, _ = packing.forward(bottom, units)
-            out[f"pass{j}"] = hidden.float().cpu()
+            out[f"pass{j}"] = hidden.cpu()  # in the backbone's precision: what its own forward hands layer `start`
             tokens += hidden.shape[0]
         save_atomic(self.path(shard), out)
         return tokens
@@ -219,15 +220,16 @@ class LayerCache:
                 hidden, _ = packing.forward(bottom_view(self.backbone.model, self.start), units)
             return hidden.float()
         with safe_open(str(self.path(shard)), framework="pt", device=str(self.backbone.device)) as f:
-            return f.get_tensor(f"pass{index}")
+            return f.get_tensor(f"pass{index}").float()
 
     def serves(self, backbone: Backbone) -> bool:
         """Whether `backbone`'s features can come from this cache: the same base, and a delta (if any) that leaves
         the layers below `start` unchanged; and every shard computed."""
-        same = (backbone.id, backbone.revision, backbone.template_hash) == (
+        same = (backbone.id, backbone.revision, backbone.template_hash, backbone.precision) == (
             self.backbone.id,
             self.backbone.revision,
             self.backbone.template_hash,
+            self.backbone.precision,
         )
         below = backbone.delta is not None and min(backbone.delta.layers) < self.start
         # an unstored cache saves no work for features: the ordinary extraction computes the same

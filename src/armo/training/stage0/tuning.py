@@ -74,8 +74,9 @@ class RewardTuner(nn.Module):
             raise ValueError(f"stage0.layers={cfg.layers} must be between 1 and stage0.cache_layers")
         self.start, self.method, self.pooling = start, cfg.method, pooling
         self.bf16, self.device_type = dtype == "bfloat16", backbone.device.type
-        frozen = [copy.deepcopy(layer) for layer in layers[start : self.first_tuned]]
-        self.tuned = nn.ModuleList(copy.deepcopy(layer) for layer in layers[self.first_tuned :])
+        # fp32 copies (master weights) whatever the backbone's precision; a bf16 backbone's are bf16 values
+        frozen = [copy.deepcopy(layer).float() for layer in layers[start : self.first_tuned]]
+        self.tuned = nn.ModuleList(copy.deepcopy(layer).float() for layer in layers[self.first_tuned :])
         self.scale = cfg.alpha / cfg.rank
         if cfg.method == "lora":
             try:
@@ -187,7 +188,8 @@ def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: 
     started = time.perf_counter()
     if cfg.extract.threads:
         torch.set_num_threads(cfg.extract.threads)
-    backbone = get_backbone(cfg.backbone, device=cfg.device)
+    # in the run's precision: the layer cache holds what the served backbone's lower layers compute
+    backbone = get_backbone(cfg.backbone, device=cfg.device, dtype=cfg.dtype)
     ds = build_training_set(cfg.data)
     caches = layer_caches(cfg, ds, backbone)
     for cache in caches:

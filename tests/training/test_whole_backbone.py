@@ -56,6 +56,8 @@ def test_a_whole_backbone_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_
     cfg = whole_config(tiny_config, epochs=2, checkpoint_minutes=0.0)  # a checkpoint after every step
     with pytest.raises(RuntimeError, match="max_passes"):
         tune(cfg, "killed", progress=False, max_passes=5)  # mid-way through epoch 1
+    saved = torch.load(Path(cfg.stage0.out_dir) / "killed" / "checkpoint.pt", weights_only=False)["tuner"]
+    assert saved and all("lora_" in k or k.startswith("head.") for k in saved)  # the frozen layers are not saved
     resumed = tune(cfg, "killed", progress=False)
     a, b = load_file(str(uninterrupted.delta)), load_file(str(resumed.delta))
     assert a.keys() == b.keys()

@@ -105,7 +105,7 @@ class RewardTuner(nn.Module):
 
     def trained_state(self) -> dict[str, Tensor]:
         """What training changes (adapters or tuned weights, and the head): a checkpoint's weights. The frozen
-        layers are the backbone's and are not saved — for LoRA that is ~1/20 of the size."""
+        layers are the backbone's and are not saved: for LoRA a few per cent of the whole."""
         return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
 
     def load_trained_state(self, state: dict[str, Tensor]) -> None:

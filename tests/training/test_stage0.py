@@ -365,7 +365,7 @@ def test_stage0_and_its_features_on_cuda_match_the_cpu(tiny_config: TrainConfig,
 
 @pytest.mark.skipif(not cpu_bf16_units(), reason="this CPU has no bf16 units (AMX / AVX512-BF16)")
 def test_a_bf16_run_caches_its_own_precision_and_its_features_equal_a_bf16_forward(
-    tiny_config: TrainConfig, tiny_backbone_dir: Path
+    tiny_config: TrainConfig, tiny_backbone_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     raw = stage0_config(tiny_config, epochs=1).to_dict()
     raw["dtype"] = "bfloat16"
@@ -388,3 +388,9 @@ def test_a_bf16_run_caches_its_own_precision_and_its_features_equal_a_bf16_forwa
     )
     for column in ("response", "response_mean", "prompt"):
         torch.testing.assert_close(getattr(cached, column), getattr(full, column), atol=0, rtol=0)
+    pooled: list[int] = []  # the run's own training features then come through its bf16 cache
+    real = LayerCache.pool_for
+    monkeypatch.setattr(LayerCache, "pool_for", lambda self, bb: pooled.append(1) or real(self, bb))
+    cfg.stage0.delta = str(delta)
+    load_features(cfg, None, with_eval=False)
+    assert pooled

@@ -134,7 +134,7 @@ def load_features(cfg: TrainConfig, backbone: Backbone | None, with_eval: bool) 
     train = build_training_set(cfg.data)
     bb = backbone or run_backbone(cfg)
     pools: Sequence[ShardPool | None] = ()
-    if has_layer_cache(Path(cfg.cache_dir)) and bb.precision == "float32":  # stage 0 caches fp32 layer inputs
+    if has_layer_cache(Path(cfg.cache_dir)):  # a cache per precision: found only for `bb`'s own
         from armo.training.stage0.layer_cache import cached_pools
 
         pools = cached_pools(cfg, train, bb)

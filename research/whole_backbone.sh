@@ -21,11 +21,17 @@ case "${1:-}" in
     echo "training: pid $!, log $RUN/whole.log" ;;
   save)
     mkdir -p "$CARRY"
-    cp "$RUN/whole/checkpoint.pt" "$CARRY/"
-    # epoch 0's fit, not the frozen features it was fit on (those are only read when the fit is missing)
-    for f in "$RUN"/epoch0-*.pt; do case "$f" in *-training.pt|*-validation.pt) ;; *) cp "$f" "$CARRY/" ;; esac; done
-    [ -f "$RUN/whole/stage0.json" ] && cp "$RUN/whole/stage0.json" "$CARRY/"
-    [ -f "$RUN/whole/backbone_delta.safetensors" ] && cp "$RUN/whole/backbone_delta.safetensors" "$RUN/whole/delta.json" "$CARRY/"
+    if [ -f "$RUN/whole/checkpoint.pt" ]; then cp "$RUN/whole/checkpoint.pt" "$CARRY/"; else echo "no checkpoint yet"; fi
+    # epoch 0's fit; the frozen features it is fit on (~8 MB per split) only while the fit is missing
+    fits=$(ls "$RUN"/epoch0-*.pt 2>/dev/null | grep -v -e '-training.pt$' -e '-validation.pt$' || true)
+    if [ -n "$fits" ]; then
+      cp $fits "$CARRY/"; rm -f "$CARRY"/epoch0-*-training.pt "$CARRY"/epoch0-*-validation.pt
+    else
+      for f in "$RUN"/epoch0-*.pt; do [ -f "$f" ] && cp "$f" "$CARRY/"; done
+    fi
+    if [ -f "$RUN/whole/stage0.json" ]; then  # the run has ended: its report and its best epoch's delta
+      cp "$RUN/whole/stage0.json" "$RUN/whole/backbone_delta.safetensors" "$RUN/whole/delta.json" "$CARRY/"
+    fi
     du -sh "$CARRY"/* ;;
   *) echo "usage: $0 restore|run|save" >&2; exit 2 ;;
 esac

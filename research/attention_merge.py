@@ -9,25 +9,15 @@ unmasked calls. Timed on SmolLM2's attention shapes (9 heads × 64) in bf16 for 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 from torch.nn.functional import scaled_dot_product_attention as sdpa
 
 from armo.model_store.packing import child_mask
+from research.attention_rate import seconds
 
 HEADS, HEAD_DIM = 9, 64
 flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-
-
-def seconds(call: Callable[[], object], repeats: int = 10) -> float:
-    call()
-    started = time.perf_counter()
-    for _ in range(repeats):
-        call()
-    return (time.perf_counter() - started) / repeats
 
 
 def group(root: int, children: list[int], dtype: torch.dtype = torch.bfloat16) -> None:

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Issue 31's whole-backbone run spans sessions, and a session's machine keeps nothing outside git: the run's resume
 # state (adapters, head, optimiser, scheduler, RNG, position; ~29 MB at rank 8) and epoch 0's fit (a few KB) are
-# carried in research/runs/whole-backbone/ between sessions.
+# saved to research/runs/whole-backbone/. Only epoch 0's fit is committed: files over 5 MiB (the checkpoint) stay
+# out of git by the project's rule, so a checkpoint survives only on a machine that is kept.
 #   bash research/whole_backbone.sh restore   # carried state → runs/backbone/ (then start the run)
 #   bash research/whole_backbone.sh run       # restore, then train in the background (log: runs/backbone/whole.log)
 #   bash research/whole_backbone.sh save      # the run's last checkpoint → the carried state (commit it)

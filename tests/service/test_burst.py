@@ -125,5 +125,7 @@ def test_a_burst_on_a_full_queue_is_refused_in_milliseconds(embedded_server: str
     statuses = out["statuses"]
     assert out["server_errors"] == 0, out
     assert set(statuses) <= {200, 429} and statuses.get(200, 0) >= 2 and statuses.get(429, 0) >= 160, out
-    assert out["p50_ms"][429] < 100, out  # before: ~430 ms on a 2-core VM (after: 50-55 ms)
-    assert set(out["health"]["statuses"]) == {200} and out["health"]["p99_ms"] < 100, out
+    # the bound sits between the two regimes, with room for a slower CPU: before, refusals waited for the whole
+    # tokenising backlog (p50 ~430 ms on a 2-core VM); now 50-105 ms on the 2-core VMs this runs on (AMD and Intel)
+    assert out["p50_ms"][429] < 250, out
+    assert set(out["health"]["statuses"]) == {200} and out["health"]["p99_ms"] < 250, out

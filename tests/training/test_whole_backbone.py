@@ -78,6 +78,28 @@ def test_the_warm_start_fits_on_a_sample_of_the_training_pairs(tiny_config: Trai
 
 
 @needs_bf16
+def test_a_run_on_a_share_of_the_pairs_starts_from_the_same_warm_fit(
+    tiny_config: TrainConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The warm start is drawn from every training pair, so a run that trains on `max_pairs` of them reuses the
+    saved fit of a run on all of them (most of an hour of forward passes at the real scale) instead of redoing it."""
+    full = tune(whole_config(tiny_config, head_warmup=True, epochs=0, warmup_pairs=6), "all", progress=False).report
+    computed: list[int] = []
+    real = RewardTuner.diffs
+
+    def counting(self: RewardTuner, *args: Any, **kwargs: Any) -> Any:
+        computed.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RewardTuner, "diffs", counting)
+    cfg = whole_config(tiny_config, head_warmup=True, epochs=1, warmup_pairs=6, max_pairs=8)
+    share = tune(cfg, "share", progress=False).report
+    assert share["train_pairs"] == 8 < full["train_pairs"]
+    assert share["history"][0] == {**full["history"][0], "seconds": share["history"][0]["seconds"]}
+    assert len(computed) == 1  # epoch 1's validation only: epoch 0 was read back
+
+
+@needs_bf16
 def test_a_killed_warm_start_resumes_after_the_split_it_finished(
     tiny_config: TrainConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -73,6 +73,8 @@ def epoch_zero(
         },
         "l2": cfg.probes.weight_decays,
     }
+    if s0.warmup_pairs:  # the start is drawn from every training pair, whatever share of them the epochs train on
+        key["stage0"]["max_pairs"] = 0
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(s0.out_dir) / f"epoch0-{digest}.pt"
     if path.is_file():

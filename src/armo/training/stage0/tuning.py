@@ -195,7 +195,7 @@ def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: 
     for cache in caches:
         cache.build(progress)
     cache_seconds = time.perf_counter() - started
-    train = [p for p, v in enumerate(ds.pair_val) if not v]
+    train = every_train = [p for p, v in enumerate(ds.pair_val) if not v]
     if s0.max_pairs and len(train) > s0.max_pairs:
         train = sorted(random.Random(s0.seed).sample(train, s0.max_pairs))
     train_set = set(train)
@@ -246,8 +246,11 @@ def tune(cfg: TrainConfig, run_name: str, *, progress: bool = True, max_passes: 
     if s0.head_warmup and not state["history"]:  # epoch 0: the frozen backbone's BT model, the start to beat
         t_warm = time.perf_counter()
         warm_refs = train_refs
-        if s0.warmup_pairs and len(train) > s0.warmup_pairs:
-            warm_refs = pass_index(caches, ds, set(random.Random(s0.seed + 1).sample(train, s0.warmup_pairs)))
+        if s0.warmup_pairs:  # drawn from every training pair: the start does not depend on max_pairs
+            warm = every_train
+            if len(warm) > s0.warmup_pairs:
+                warm = random.Random(s0.seed + 1).sample(warm, s0.warmup_pairs)
+            warm_refs = pass_index(caches, ds, set(warm))
         entry = epoch_zero(tuner, caches, (warm_refs, val_refs), ds, cfg, fingerprint, progress)
         state["seconds"] += time.perf_counter() - t_warm
         state["history"].append({**entry, "seconds": round(state["seconds"], 1)})

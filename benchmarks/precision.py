@@ -10,8 +10,9 @@ Paths, each timed on the same slices in palindrome order (benchmarks.run.palindr
 - `fp32`: the scoring path (RewardModel.score: prompt sharing, packed passes, heads) on the fp32 backbone — the
   default before bf16;
 - `bf16`: the same on the bf16 backbone, eager (ARMO_COMPILE=off);
-- `compiled`: the bf16 backbone compiled (armo.model_store.compiled) — what `armo serve` runs here by default
-  (ARMO_DTYPE=auto and ARMO_COMPILE=auto, for an artifact that states its bf16 agreement);
+- `compiled`: the bf16 backbone compiled (armo.model_store.compiled) — what `armo serve` runs by default on a CPU
+  whose bf16 matmuls measure fast enough (ARMO_DTYPE=auto and ARMO_COMPILE=auto, for an artifact that states its
+  bf16 agreement; elsewhere `auto` serves fp32, compiled);
 - `int8`: the opt-in int8 backbone (ARMO_QUANTIZE=int8), on fp32.
 Plus the raw packed forward in bf16 (no sharing, no heads), eager and compiled, as a fraction of the bf16 ceiling.
 Workloads: RewardBench-like pairs, Best-of-16 (one ~1,000-token prompt, 16 ~100-token responses), GRPO-like groups

@@ -1,5 +1,5 @@
-"""The vLLM backend in bf16: what `ARMO_DTYPE=auto` starts for the bundled default on a CPU with AMX, its scores
-within the bound the artifact states against the fp32 transformers path."""
+"""The vLLM backend in bf16 (what `ARMO_DTYPE=auto` starts for the bundled default on a CPU whose bf16 pays): its
+scores within the bound the artifact states against the fp32 transformers path."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ need_vllm()
 
 
 @pytest.mark.skipif(not devices.cpu_bf16_units(), reason="this CPU has no AMX / AVX512-BF16")
-def test_auto_runs_vllm_in_bf16_within_the_stated_bound(embedded_backbone: Backbone) -> None:
-    settings = Settings(backend="vllm", vllm_kv_cache_gib=KV_CACHE_GIB, max_tokens=512)
+def test_vllm_in_bf16_stays_within_the_stated_bound(embedded_backbone: Backbone) -> None:
+    settings = Settings(backend="vllm", dtype="bfloat16", vllm_kv_cache_gib=KV_CACHE_GIB, max_tokens=512)
     store = ModelStore(BUNDLED_ROOT)
     rm = load_reward_model(store, DEFAULT_MODEL, "current", settings.backbone_options(), settings.scoring_config)
     assert (rm.backbone.backend, rm.backbone.precision) == ("vllm", "bfloat16")

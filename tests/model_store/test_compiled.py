@@ -30,9 +30,9 @@ def _graphs() -> int:
 
 @pytest.fixture(scope="module")
 def default_compiled() -> RewardModel:
-    """The bundled default as `armo serve` runs it on this CPU: bf16, compiled (shared with the service test below
-    through the service tests' loader cache: one compilation for the module)."""
-    settings = Settings.model_construct(dtype="auto", compile="auto", max_tokens=512)
+    """The bundled default as `armo serve` runs it on a CPU whose bf16 pays: bf16, compiled (shared with the service
+    test below through the service tests' loader cache: one compilation for the module)."""
+    settings = Settings.model_construct(dtype="bfloat16", compile="auto", max_tokens=512)
     store = ModelStore(BUNDLED_ROOT)
     return load_reward_model(
         store, DEFAULT_MODEL, "current", settings.backbone_options(), settings.scoring_config, loader=cached_loader
@@ -72,7 +72,7 @@ def test_one_compilation_serves_every_batch_and_scores_do_not_depend_on_it(defau
 @needs_compiler
 @needs_units
 async def test_armo_serve_s_default_runs_compiled_and_says_so(default_compiled: RewardModel) -> None:
-    settings = Settings(store_root=BUNDLED_ROOT, compile="auto", watch_interval_s=0)
+    settings = Settings(store_root=BUNDLED_ROOT, dtype="bfloat16", compile="auto", watch_interval_s=0)
     async with serve(settings) as (_, client):
         backbone = (await client.get("/v1/models")).json()["loaded"]["backbone"]
         assert backbone["compiled"] is True and backbone["precision"] == "bfloat16"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -65,3 +66,26 @@ def test_another_revision_is_refused_unless_the_backbone_is_overridden(tmp_path:
     override = replace(options, override=manifest.backbone.id)
     rm = load_reward_model(store, "tiny", "current", override, SETTINGS.scoring_config, reuse=tiny_backbone)
     assert rm.backbone is tiny_backbone
+
+
+def test_a_version_trained_on_a_local_backbone_moves_with_it(tmp_path: Path, tiny_backbone_dir: Path) -> None:
+    """`armo train` publishes with the backbone it loaded from a directory: the store records that directory by
+    its path relative to the store root, never by this machine's absolute path, so the store and the checkpoint
+    moved together (one volume mounted elsewhere) still load and score the same."""
+    shutil.copytree(tiny_backbone_dir, tmp_path / "vol" / "models" / "tiny")
+    backbone = load_backbone(str(tmp_path / "vol" / "models" / "tiny"))
+    store = ModelStore(tmp_path / "vol" / "store")
+    manifest, head = make_artifact(backbone)
+    store.publish(manifest, head)
+    assert store.read_manifest("tiny", "v1").backbone.id == "../models/tiny"
+    assert str(tmp_path) not in (store.version_dir("tiny", "v1") / "manifest.json").read_text()
+    before = RewardModel(backbone, head, manifest, default_scoring(manifest)).score([ITEM])[0].score
+
+    (tmp_path / "vol").rename(tmp_path / "mounted")
+    moved = ModelStore(tmp_path / "mounted" / "store")
+    loader = CountingLoader()
+    rm = load_reward_model(
+        moved, "tiny", "current", SETTINGS.backbone_options(), SETTINGS.scoring_config, loader=loader
+    )
+    assert loader.specs == [str((tmp_path / "mounted" / "models" / "tiny").resolve())]
+    assert rm.score([ITEM])[0].score == pytest.approx(before, abs=1e-6)

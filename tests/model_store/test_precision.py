@@ -1,5 +1,6 @@
-"""bf16 on the CPU's AMX units: agreement with fp32 within what the artifact states, batch invariance, capability
-detection, and an artifact served only in a precision it states."""
+"""bf16 on the CPU's units (AMX or AVX512-BF16): agreement with fp32 within what the artifact states, batch
+invariance, capability detection (the flags, then the measured speed), and an artifact served only in a precision it
+states."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from armo.model_store import devices
+from armo.model_store import devices, loader
 from armo.model_store.backbone import Backbone, load_backbone
 from armo.model_store.bundled import BUNDLED_ROOT, DEFAULT_MODEL
 from armo.model_store.errors import ArtifactError
@@ -88,6 +89,36 @@ def test_a_cpu_without_bf16_units_refuses_bf16_and_auto_falls_back(monkeypatch: 
     assert served_dtype(options, manifest) == ("float32", "auto: this CPU has no bf16 units (AMX or AVX512-BF16)")
     # A GPU computes bf16 whatever the CPU has.
     assert served_dtype(replace(options, device="cuda"), manifest)[0] == "bfloat16"
+
+
+def test_auto_takes_bf16_on_a_cpu_only_where_its_bf16_measures_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flags do not say how fast: a Xeon reporting AVX512-BF16 without AMX multiplies bf16 at half fp32's rate.
+    `auto` serves fp32 there, saying why; an explicit bfloat16 is still served."""
+    monkeypatch.setattr(devices, "cpu_flags", lambda cpuinfo=None: {"avx512f", "avx512_bf16"})
+    manifest = ModelStore(BUNDLED_ROOT).read_manifest(DEFAULT_MODEL, "v0.4.0")
+    options = Settings(dtype="auto").backbone_options()
+    monkeypatch.setattr(loader, "cpu_bf16_speedup", lambda: 0.54)
+    assert served_dtype(options, manifest) == (
+        "float32",
+        "auto: bf16 matmuls run 0.54x fp32's on this CPU (bf16 from 1.5x)",
+    )
+    assert served_dtype(Settings(dtype="bfloat16").backbone_options(), manifest) == ("bfloat16", "ARMO_DTYPE")
+    assert served_dtype(replace(options, device="cuda"), manifest)[0] == "bfloat16"
+    monkeypatch.setattr(loader, "cpu_bf16_speedup", lambda: 2.2)
+    assert served_dtype(options, manifest)[0] == "bfloat16"
+
+
+def test_the_bf16_speedup_is_measured_once_and_never_where_bf16_is_emulated(monkeypatch: pytest.MonkeyPatch) -> None:
+    devices.cpu_bf16_speedup.cache_clear()
+    try:
+        if devices.cpu_bf16_units():
+            measured = devices.cpu_bf16_speedup()
+            assert 0.05 < measured < 50 and devices.cpu_bf16_speedup() == measured  # a ratio of rates, cached
+            devices.cpu_bf16_speedup.cache_clear()
+        monkeypatch.setattr(devices, "cpu_flags", lambda cpuinfo=None: {"avx2", "fma"})
+        assert devices.cpu_bf16_speedup() == 0.0
+    finally:
+        devices.cpu_bf16_speedup.cache_clear()
 
 
 def test_an_artifact_without_a_bf16_agreement_is_not_served_in_bf16(tmp_path: Path, tiny_backbone: Backbone) -> None:

@@ -10,8 +10,10 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from transformers import PreTrainedTokenizerBase
+if TYPE_CHECKING:  # for the annotation alone: the store imports this module and never needs transformers
+    from transformers import PreTrainedTokenizerBase
 
 
 def template_hash(tokenizer: PreTrainedTokenizerBase) -> str:

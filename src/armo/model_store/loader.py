@@ -17,7 +17,7 @@ from typing import Any
 from armo.model_store.backbone import Backbone, Quantize, load_backbone
 from armo.model_store.compiled import CompileMode
 from armo.model_store.delta import read_delta
-from armo.model_store.devices import cpu_bf16_units
+from armo.model_store.devices import BF16_MIN_SPEEDUP, cpu_bf16_speedup, cpu_bf16_units
 from armo.model_store.errors import ArtifactError
 from armo.model_store.identity import is_store_relative
 from armo.model_store.manifest import Manifest
@@ -78,9 +78,10 @@ class BackboneOptions:
 
 
 def served_dtype(options: BackboneOptions, manifest: Manifest) -> tuple[str, str]:
-    """(the precision this artifact runs in under these options, why). `auto`: bf16 where the device computes it in
-    hardware (a CUDA GPU, a CPU with AMX or AVX512-BF16) and the artifact states its bf16 agreement, else float32. An
-    explicit dtype the artifact states no agreement for is refused, naming the field."""
+    """(the precision this artifact runs in under these options, why). `auto`: bf16 where the device computes it fast
+    (a CUDA GPU; a CPU with AMX or AVX512-BF16 whose bf16 matmuls measure >= BF16_MIN_SPEEDUP x fp32's) and the
+    artifact states its bf16 agreement, else float32. An explicit dtype the artifact states no agreement for is
+    refused, naming the field."""
     allows = manifest.precision.allows
     if options.dtype != "auto":
         if not allows(options.dtype):
@@ -98,7 +99,9 @@ def served_dtype(options: BackboneOptions, manifest: Manifest) -> tuple[str, str
         return "float32", "auto: the int8 backbone runs on float32"
     if not allows("bfloat16"):
         return "float32", "auto: the artifact states no bf16 agreement"
-    return "bfloat16", "auto: bf16 units and the artifact's stated agreement"
+    if options.device == "cpu" and (speedup := cpu_bf16_speedup()) < BF16_MIN_SPEEDUP:  # timed last: ~0.1 s
+        return "float32", f"auto: bf16 matmuls run {speedup:.2f}x fp32's on this CPU (bf16 from {BF16_MIN_SPEEDUP}x)"
+    return "bfloat16", "auto: fast bf16 units and the artifact's stated agreement"
 
 
 def backbone_spec(manifest: Manifest, store_root: Path) -> str:

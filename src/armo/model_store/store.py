@@ -26,6 +26,7 @@ from armo.model_store import atomic
 from armo.model_store.bundled import DEFAULT_ALIAS
 from armo.model_store.errors import ArtifactError, StoreError
 from armo.model_store.heads import ArmoHead
+from armo.model_store.identity import is_store_relative, store_relative_id
 from armo.model_store.manifest import (
     HEADS_FILE,
     MANIFEST_FILE,
@@ -188,8 +189,14 @@ class ModelStore:
         extra_files: Mapping[str, bytes] | None = None,
         alias: str | None = DEFAULT_ALIAS,
     ) -> Path:
-        """Write a complete version atomically, then (optionally) point `alias` at it."""
+        """Write a complete version atomically, then (optionally) point `alias` at it. A backbone in a local
+        directory is recorded by its path relative to the store root (identity.store_relative_id): an absolute path
+        would pin the version to the machine that trained it."""
         model, version = _check_name("model", manifest.model), _check_name("version", manifest.version)
+        backbone = manifest.backbone
+        if not is_store_relative(backbone.id) and Path(backbone.id).is_dir():
+            local = backbone.model_copy(update={"id": store_relative_id(Path(backbone.id), self.root)})
+            manifest = manifest.model_copy(update={"backbone": local})
         if len(manifest.objectives) != head.n_objectives or manifest.backbone.hidden_size != head.hidden_size:
             raise StoreError("manifest objectives / hidden size do not match the head", field="manifest")
         model_dir = self.root / model

@@ -12,7 +12,9 @@ Paths, each timed on the same slices in palindrome order (benchmarks.run.palindr
 - `bf16`: the same on the bf16 backbone, eager (ARMO_COMPILE=off);
 - `compiled`: the bf16 backbone compiled (armo.model_store.compiled) — what `armo serve` runs by default on a CPU
   whose bf16 matmuls measure fast enough (ARMO_DTYPE=auto and ARMO_COMPILE=auto, for an artifact that states its
-  bf16 agreement; elsewhere `auto` serves fp32, compiled);
+  bf16 agreement);
+- `fp32_compiled`: the fp32 backbone compiled — what `armo serve` runs by default on a CPU whose bf16 is not
+  faster than fp32 (there `auto` serves fp32, and `ARMO_COMPILE=auto` compiles it);
 - `int8`: the opt-in int8 backbone (ARMO_QUANTIZE=int8), on fp32.
 Plus the raw packed forward in bf16 (no sharing, no heads), eager and compiled, as a fraction of the bf16 ceiling.
 Workloads: RewardBench-like pairs, Best-of-16 (one ~1,000-token prompt, 16 ~100-token responses), GRPO-like groups
@@ -96,10 +98,12 @@ def main(
     fp32 = load_backbone("embedded")
     bf16 = load_backbone("embedded", dtype="bfloat16")
     compiled = load_backbone("embedded", dtype="bfloat16", compile="on")
+    fp32_compiled = load_backbone("embedded", compile="on")
     models = {
         "fp32": RewardModel(fp32, head, manifest, config),
         "bf16": RewardModel(bf16, head, manifest, config),
         "compiled": RewardModel(compiled, head, manifest, config),
+        "fp32_compiled": RewardModel(fp32_compiled, head, manifest, config),
         "int8": RewardModel(load_backbone("embedded", quantize="int8"), head, manifest, config),
     }
     paths: dict[str, Callable[[Sequence[ScoreItem]], Any]] = {
@@ -144,6 +148,7 @@ def main(
             "bf16_vs_fp32": ratio_summary(seconds["fp32"], seconds["bf16"]),
             "compiled_vs_fp32": ratio_summary(seconds["fp32"], seconds["compiled"]),
             "compiled_vs_bf16": ratio_summary(seconds["bf16"], seconds["compiled"]),
+            "fp32_compiled_vs_fp32": ratio_summary(seconds["fp32"], seconds["fp32_compiled"]),
             "int8_vs_bf16": ratio_summary(seconds["bf16"], seconds["int8"]),
             "raw_bf16_forward_tokens_per_s": raw_rate,
             "bf16_ceiling_tokens_per_s": ceiling,
@@ -153,7 +158,7 @@ def main(
             },
         }
         results[name] = row
-        ratios = ("compiled_vs_fp32", "bf16_vs_fp32", "compiled_vs_bf16", "int8_vs_bf16")
+        ratios = ("compiled_vs_fp32", "bf16_vs_fp32", "compiled_vs_bf16", "fp32_compiled_vs_fp32", "int8_vs_bf16")
         print(
             f"{name}: {len(items)} items, {tokens} tokens; tokens/s "
             + ", ".join(f"{p} {r:.0f}" for p, r in rate.items())
@@ -163,7 +168,7 @@ def main(
             + ", ".join(f"{n} {v:.2f}" for n, v in row["raw_bf16_forward_vs_ceiling"].items())
         )
     if http:
-        del models, paths, fp32, bf16, compiled  # the servers load their own
+        del models, paths, fp32, bf16, compiled, fp32_compiled  # the servers load their own
         work = {n: (items, results[n]["tokens"]) for n, items in workloads.items()}
         servers = {
             "float32": {"ARMO_DTYPE": "float32", "ARMO_COMPILE": "off"},

@@ -35,6 +35,19 @@ def whole_config(cfg: TrainConfig, **stage0: object) -> TrainConfig:
     return load_config(None, raw)
 
 
+def count_frozen_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, one entry per `RewardTuner.diffs` call: a forward over a split's pairs, which a saved fit spares."""
+    computed: list[int] = []
+    real = RewardTuner.diffs
+
+    def counting(self: RewardTuner, *args: Any, **kwargs: Any) -> Any:
+        computed.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RewardTuner, "diffs", counting)
+    return computed
+
+
 @needs_bf16
 def test_the_whole_backbone_in_bf16_lowers_the_bt_loss_without_a_stored_cache(tiny_config: TrainConfig) -> None:
     cfg = whole_config(tiny_config)
@@ -84,14 +97,7 @@ def test_a_run_on_a_share_of_the_pairs_starts_from_the_same_warm_fit(
     """The warm start is drawn from every training pair, so a run that trains on `max_pairs` of them reuses the
     saved fit of a run on all of them (most of an hour of forward passes at the real scale) instead of redoing it."""
     full = tune(whole_config(tiny_config, head_warmup=True, epochs=0, warmup_pairs=6), "all", progress=False).report
-    computed: list[int] = []
-    real = RewardTuner.diffs
-
-    def counting(self: RewardTuner, *args: Any, **kwargs: Any) -> Any:
-        computed.append(1)
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(RewardTuner, "diffs", counting)
+    computed = count_frozen_passes(monkeypatch)
     cfg = whole_config(tiny_config, head_warmup=True, epochs=1, warmup_pairs=6, max_pairs=8)
     share = tune(cfg, "share", progress=False).report
     assert share["train_pairs"] == 8 < full["train_pairs"]
@@ -110,14 +116,7 @@ def test_a_killed_warm_start_resumes_after_the_split_it_finished(
     assert {p.name.removeprefix(fit.stem) for p in out.glob(f"{fit.stem}-*.pt")} == {"-validation.pt", "-training.pt"}
     fit.unlink()  # as if killed after both splits, before the fit was saved
     (out / f"{fit.stem}-training.pt").unlink()  # … or during the training split
-    computed: list[int] = []
-    real = RewardTuner.diffs
-
-    def counting(self: RewardTuner, *args: Any, **kwargs: Any) -> Any:
-        computed.append(1)
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(RewardTuner, "diffs", counting)
+    computed = count_frozen_passes(monkeypatch)
     again = tune(cfg, "warm-again", progress=False).report["history"][0]
     assert len(computed) == 1  # the training split only; the validation split was read back
     assert again == {**first, "seconds": again["seconds"]}
